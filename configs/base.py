@@ -1,0 +1,63 @@
+"""The base experiment config. Task files override a few fields; variants via `:name`.
+
+Sections: top level (seed, env, run dir), `dataset`, `agent` (networks and losses),
+`offline` (CQL pretraining), `online` (fine-tuning with balanced replay).
+Defaults are the paper-scale reference values of ../shared/spec/off2on.md.
+"""
+import ml_collections
+
+
+def get_agent_config() -> ml_collections.ConfigDict:
+    """Networks, optimisers and loss knobs shared by every SAC-family agent."""
+    c = ml_collections.ConfigDict()
+    c.num_members = 5            # N: ensemble size
+    c.hidden_dims = (256, 256)
+    c.activation = "relu"
+    c.actor_layer_norm = False
+    c.critic_layer_norm = False
+    c.log_std_min = -20.0        # official CQL code: -5
+    c.log_std_max = 2.0
+    c.mean_clip = ml_collections.config_dict.placeholder(float)   # official CQL code: 9.0
+    c.actor_lr = 1e-4
+    c.critic_lr = 3e-4
+    c.temp_lr = 1e-4             # = policy lr
+    c.init_temperature = 1.0
+    c.target_entropy = ml_collections.config_dict.placeholder(float)  # None: -|A|
+    c.discount = 0.99
+    c.tau = 5e-3
+    # CQL (offline). cql_weight is alpha_cql; 0 turns the penalty off (plain SAC).
+    c.backup_entropy = False     # CQL reference: deterministic backup offline
+    c.cql_weight = 5.0
+    c.cql_n_actions = 10
+    c.cql_temp = 1.0
+    c.cql_lagrange = False
+    c.cql_target_action_gap = 10.0
+    c.cql_lagrange_init = 1.0
+    c.cql_lagrange_lr = 3e-4
+    c.bc_steps = 40_000          # policy_eval_start: BC warm start of the actor
+    return c
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.env = "hopper"
+    c.run_dir = "runs"           # runs go to <run_dir>/<run_name>
+    c.run_name = ""              # "" -> <env>-<dataset kind>-<algo>-seed<seed>-<time>
+    c.algo = "off2on"
+
+    c.dataset = ml_collections.ConfigDict()
+    c.dataset.id = ""            # "" -> o2o/<env>/<kind>-v0, our recipe's id
+    c.dataset.kind = "medium"
+    c.dataset.build_if_missing = True
+    c.dataset.build_transitions = 1_000_000   # size if it has to be built
+
+    c.agent = get_agent_config()
+
+    c.offline = ml_collections.ConfigDict()
+    c.offline.steps = 1_000_000  # gradient steps per member
+    c.offline.batch_size = 256
+    c.offline.chunk = 1_000      # updates per compiled call (lax.scan)
+    c.offline.eval_interval = 50_000
+    c.offline.eval_episodes = 10
+    return c

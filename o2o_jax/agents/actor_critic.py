@@ -1,0 +1,165 @@
+"""The actor-critic state shared by every SAC-family agent (SAC, CQL, the online ensemble).
+
+`ActorCritic` is a frozen pytree (rlpd style): train states for actor, twin critics and
+temperature, target critic parameters, the CQL Lagrange multiplier, and static
+hyperparameters as `pytree_node=False` fields.
+
+Two shapes of the same state:
+* a single agent (`members == 0`): unstacked parameters. N independent offline CQL members
+  are N such states stacked on a leading axis and updated with `jax.vmap`.
+* an ensemble agent (`members == N`): the same stacked parameters held as one agent that
+  acts through the moment-matched ensemble policy (paper eq. 5) and whose Q-values carry
+  a leading member axis. Built from stacked members by `o2o_jax.agents.ensemble`.
+
+`policy` and `q_values` hide the difference, so the losses in `sac.py` / `cql.py` are
+written once for both.
+"""
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from flax.training.train_state import TrainState
+
+from o2o_jax import distributions as dist
+from o2o_jax import networks
+
+Params = Any
+
+
+class ActorCritic(struct.PyTreeNode):
+    actor: TrainState
+    critic: TrainState
+    target_critic_params: Params
+    temp: TrainState              # log-temperature alpha (networks.Temperature)
+    cql_alpha: TrainState         # CQL Lagrange multiplier alpha' (used iff cql_lagrange)
+    # --- static hyperparameters ---
+    members: int = struct.field(pytree_node=False, default=0)
+    discount: float = struct.field(pytree_node=False, default=0.99)
+    tau: float = struct.field(pytree_node=False, default=5e-3)
+    target_entropy: float = struct.field(pytree_node=False, default=-1.0)
+    backup_entropy: bool = struct.field(pytree_node=False, default=True)
+    cql_weight: float = struct.field(pytree_node=False, default=0.0)    # alpha_cql; 0 = SAC
+    cql_n_actions: int = struct.field(pytree_node=False, default=10)
+    cql_temp: float = struct.field(pytree_node=False, default=1.0)
+    cql_lagrange: bool = struct.field(pytree_node=False, default=False)
+    cql_target_action_gap: float = struct.field(pytree_node=False, default=10.0)
+    bc_steps: int = struct.field(pytree_node=False, default=0)         # policy_eval_start
+
+    @property
+    def alpha(self) -> jax.Array:
+        return self.temp.apply_fn({"params": self.temp.params})
+
+
+def _adam(lr: float) -> optax.GradientTransformation:
+    return optax.adam(lr)
+
+
+def create(key: jax.Array, obs_dim: int, act_dim: int, cfg) -> ActorCritic:
+    """Initialise one agent from an agent config (see configs/base.py `agent` section)."""
+    k_actor, k_critic = jax.random.split(key)
+    hidden = tuple(cfg.hidden_dims)
+    actor_def = networks.TanhGaussianActor(
+        action_dim=act_dim, hidden_dims=hidden, activation=cfg.activation,
+        layer_norm=cfg.actor_layer_norm, log_std_min=cfg.log_std_min,
+        log_std_max=cfg.log_std_max, mean_clip=cfg.mean_clip)
+    critic_def = networks.TwinCritic(hidden_dims=hidden, activation=cfg.activation,
+                                     layer_norm=cfg.critic_layer_norm, num_qs=2)
+    obs = jnp.zeros((1, obs_dim), jnp.float32)
+    act = jnp.zeros((1, act_dim), jnp.float32)
+    actor_params = actor_def.init(k_actor, obs)["params"]
+    critic_params = critic_def.init(k_critic, obs, act)["params"]
+    temp_def = networks.Temperature(cfg.init_temperature)
+    cql_alpha_def = networks.Temperature(cfg.cql_lagrange_init)
+    target_entropy = (-float(act_dim) if cfg.target_entropy is None
+                      else float(cfg.target_entropy))
+    return ActorCritic(
+        actor=TrainState.create(apply_fn=actor_def.apply, params=actor_params,
+                                tx=_adam(cfg.actor_lr)),
+        critic=TrainState.create(apply_fn=critic_def.apply, params=critic_params,
+                                 tx=_adam(cfg.critic_lr)),
+        target_critic_params=critic_params,
+        temp=TrainState.create(apply_fn=temp_def.apply,
+                               params=temp_def.init(jax.random.PRNGKey(0))["params"],
+                               tx=_adam(cfg.temp_lr)),
+        cql_alpha=TrainState.create(apply_fn=cql_alpha_def.apply,
+                                    params=cql_alpha_def.init(jax.random.PRNGKey(0))["params"],
+                                    tx=_adam(cfg.cql_lagrange_lr)),
+        members=0,
+        discount=float(cfg.discount),
+        tau=float(cfg.tau),
+        target_entropy=target_entropy,
+        backup_entropy=bool(cfg.backup_entropy),
+        cql_weight=float(cfg.cql_weight),
+        cql_n_actions=int(cfg.cql_n_actions),
+        cql_temp=float(cfg.cql_temp),
+        cql_lagrange=bool(cfg.cql_lagrange),
+        cql_target_action_gap=float(cfg.cql_target_action_gap),
+        bc_steps=int(cfg.bc_steps),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Policy and Q-values, written once for a single agent and for a stacked ensemble.
+# ---------------------------------------------------------------------------------------
+
+def policy(agent: ActorCritic, actor_params: Params, observations: jax.Array):
+    """Pre-tanh (mean, log_std) of the agent's policy at `observations` [..., obs_dim].
+
+    For an ensemble agent this is the moment-matched ensemble policy of paper eq. 5,
+    differentiable in all members' parameters.
+    """
+    apply = agent.actor.apply_fn
+    if agent.members == 0:
+        return apply({"params": actor_params}, observations)
+    means, log_stds = jax.vmap(lambda p: apply({"params": p}, observations))(actor_params)
+    return dist.ensemble_moments(means, log_stds)
+
+
+def q_values(agent: ActorCritic, critic_params: Params, observations: jax.Array,
+             actions: jax.Array) -> jax.Array:
+    """Twin Q-values, shape [2, *batch] (single) or [N, 2, *batch] (ensemble).
+
+    `observations` [*batch, obs_dim] and `actions` [*batch, act_dim] may have any batch
+    shape, e.g. [B, n, .] to score n actions per state.
+    """
+    apply = agent.critic.apply_fn
+    if agent.members == 0:
+        return apply({"params": critic_params}, observations, actions)
+    return jax.vmap(lambda p: apply({"params": p}, observations, actions))(critic_params)
+
+
+def conservative_q(agent: ActorCritic, q: jax.Array) -> jax.Array:
+    """Min over twin critics, then (ensemble) mean over members: Q_ens of spec section 2.
+
+    `q` is `q_values` output; returns [*batch].
+    """
+    if agent.members == 0:
+        return jnp.min(q, axis=0)
+    return jnp.mean(jnp.min(q, axis=1), axis=0)
+
+
+def member_twin_min(agent: ActorCritic, q: jax.Array) -> jax.Array:
+    """Min over twin critics only: [*batch] (single) or [N, *batch] (ensemble)."""
+    return jnp.min(q, axis=0 if agent.members == 0 else 1)
+
+
+def twin_axis(agent: ActorCritic) -> int:
+    return 0 if agent.members == 0 else 1
+
+
+def soft_update(agent: ActorCritic) -> ActorCritic:
+    """Polyak-average the target critics towards the online critics (rate tau)."""
+    new_target = optax.incremental_update(agent.critic.params, agent.target_critic_params,
+                                          agent.tau)
+    return agent.replace(target_critic_params=new_target)
+
+
+def act(agent: ActorCritic, observations: jax.Array, key: Optional[jax.Array] = None):
+    """Action for the environment: a sample if `key` is given, else tanh(mean)."""
+    mean, log_std = policy(agent, agent.actor.params, observations)
+    if key is None:
+        return dist.mode(mean)
+    actions, _ = dist.sample(key, mean, log_std)
+    return actions

@@ -1,0 +1,93 @@
+"""N-member ensembles: stacked member states, the offline->online hand-over, Q_ens.
+
+Offline, the N CQL members are N independent `ActorCritic` states stacked on a leading
+axis (`create_members`) and updated with `jax.vmap`. Online, the same stacked parameters
+become one ensemble agent (`to_ensemble`) that acts through the moment-matched policy of
+paper eq. 5 and bootstraps each member from its own target pair.
+"""
+import jax
+import jax.numpy as jnp
+from flax.training.train_state import TrainState
+
+from o2o_jax import distributions as dist
+from o2o_jax.agents import actor_critic as ac
+from o2o_jax.agents.actor_critic import ActorCritic
+
+
+def create_members(key: jax.Array, obs_dim: int, act_dim: int, cfg, num_members: int):
+    """N independent single agents stacked on a leading axis; member i uses key split i."""
+    if num_members < 1:
+        raise ValueError(f"agent.num_members must be >= 1, got {num_members}")
+    keys = jax.random.split(key, num_members)
+    members = jax.jit(jax.vmap(lambda k: ac.create(k, obs_dim, act_dim, cfg)))(keys)
+    # vmap may hand back one buffer for equal outputs (critic == target critic at init);
+    # give every leaf its own buffer so the state can be donated.
+    return jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), members)
+
+
+def num_stacked(members: ActorCritic) -> int:
+    return jax.tree_util.tree_leaves(members.actor.params)[0].shape[0]
+
+
+def member(members: ActorCritic, i: int) -> ActorCritic:
+    """The i-th single agent of a stacked set."""
+    return jax.tree_util.tree_map(lambda x: x[i], members)
+
+
+def _fresh(state: TrainState, params) -> TrainState:
+    return TrainState.create(apply_fn=state.apply_fn, params=params, tx=state.tx)
+
+
+def to_ensemble(members: ActorCritic, *, reset_temperature: bool = True,
+                init_temperature: float = 1.0, fresh_optimizers: bool = True,
+                **hparams) -> ActorCritic:
+    """One ensemble agent from N stacked offline members (spec sections 2-3).
+
+    Parameters (actors, critics, target critics) are kept. By default (the reference
+    behaviour) optimizer states are fresh and a single temperature starts at
+    `init_temperature` (log alpha = 0). `hparams` overrides static fields for the online
+    phase, e.g. `cql_weight=0.0` (SAC-ft rule), `backup_entropy=True`, `bc_steps=0`.
+    """
+    n = num_stacked(members)
+    first = member(members, 0)
+    temp = first.temp
+    if reset_temperature:
+        log_value = jnp.full((), jnp.log(init_temperature), jnp.float32)
+        temp = _fresh(temp, {"log_value": log_value})
+    else:
+        # No shared alpha exists offline; start from the members' mean log alpha.
+        temp = _fresh(temp, {"log_value": jnp.mean(members.temp.params["log_value"])})
+    actor, critic = members.actor, members.critic
+    if fresh_optimizers:
+        actor = _fresh(actor, actor.params)
+        critic = _fresh(critic, critic.params)
+    else:
+        # Keep each member's Adam moments; step counters are per member, take member 0's.
+        actor = actor.replace(step=actor.step[0])
+        critic = critic.replace(step=critic.step[0])
+    agent = first.replace(actor=actor, critic=critic,
+                          target_critic_params=members.target_critic_params,
+                          temp=temp, members=n)
+    return agent.replace(**hparams) if hparams else agent
+
+
+def ensemble_policy(agent: ActorCritic, observations: jax.Array):
+    """(mean_E, log_std_E) of the moment-matched ensemble policy."""
+    assert agent.members > 0, "ensemble_policy needs an ensemble agent (to_ensemble)"
+    return ac.policy(agent, agent.actor.params, observations)
+
+
+def q_ens(agent: ActorCritic, observations: jax.Array, actions: jax.Array) -> jax.Array:
+    """Q_ens(s, a) = mean_i min(Q1_i, Q2_i)(s, a)."""
+    return ac.conservative_q(agent, ac.q_values(agent, agent.critic.params, observations,
+                                                actions))
+
+
+def members_policy_ensemble(members: ActorCritic, observations: jax.Array, key=None):
+    """Act with the moment-matched policy of stacked *offline* members (for evaluation)."""
+    means, log_stds = jax.vmap(
+        lambda p: members.actor.apply_fn({"params": p}, observations))(members.actor.params)
+    mean_e, log_std_e = dist.ensemble_moments(means, log_stds)
+    if key is None:
+        return dist.mode(mean_e)
+    return dist.sample(key, mean_e, log_std_e)[0]

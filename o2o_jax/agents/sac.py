@@ -1,0 +1,97 @@
+"""Soft actor-critic losses and the update that applies them.
+
+Written once for a single agent and for an ensemble agent (see `actor_critic.py`):
+* critic: y = r + gamma (1 - d) (min_j Qbar_j(s', a') - alpha log pi(a'|s')), a' ~ pi(.|s')
+  (entropy term only if `backup_entropy`); loss = sum over critics of mean_b (Q - y)^2.
+  For an ensemble, a' is drawn once from pi_E and shared, and each member bootstraps from
+  its own target pair (spec section 3).
+* actor: mean_b [alpha log pi(a~|s) - Q(s, a~)], a~ reparameterised, Q = conservative_q
+  (min of twins; ensemble: mean over members of each member's min). During the first
+  `bc_steps` updates the actor does behaviour cloning: alpha log pi(a~|s) - log pi(a_data|s).
+* temperature: -log(alpha) * mean(log pi + target_entropy).
+
+All three gradients are taken at the pre-update parameters, then applied together.
+"""
+import functools
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+from o2o_jax import distributions as dist
+from o2o_jax.agents import actor_critic as ac
+from o2o_jax.agents.actor_critic import ActorCritic
+
+# penalty_fn(agent, critic_params, batch, key, q_data) -> (penalty, info)
+PenaltyFn = Callable
+
+
+def td_targets(agent: ActorCritic, batch, key: jax.Array) -> jax.Array:
+    """Bootstrapped targets y, shape [B] (single) or [N, B] (ensemble). No gradient."""
+    mean, log_std = ac.policy(agent, agent.actor.params, batch["next_observations"])
+    next_actions, next_log_probs = dist.sample(key, mean, log_std)
+    next_q = ac.member_twin_min(
+        agent, ac.q_values(agent, agent.target_critic_params, batch["next_observations"],
+                           next_actions))
+    if agent.backup_entropy:
+        next_q = next_q - agent.alpha * next_log_probs
+    y = batch["rewards"] + agent.discount * (1.0 - batch["dones"]) * next_q
+    return jax.lax.stop_gradient(y)
+
+
+def critic_loss(critic_params, agent: ActorCritic, batch, key: jax.Array,
+                penalty_fn: Optional[PenaltyFn] = None):
+    k_target, k_penalty = jax.random.split(key)
+    y = td_targets(agent, batch, k_target)
+    q = ac.q_values(agent, critic_params, batch["observations"], batch["actions"])
+    y_b = jnp.expand_dims(y, ac.twin_axis(agent))
+    td_loss = jnp.sum(jnp.mean((q - y_b) ** 2, axis=-1))
+    info = {"critic_loss": td_loss, "q_data": jnp.mean(q), "q_target": jnp.mean(y)}
+    loss = td_loss
+    if penalty_fn is not None:
+        penalty, penalty_info = penalty_fn(agent, critic_params, batch, k_penalty, q)
+        loss = loss + penalty
+        info.update(penalty_info)
+    return loss, info
+
+
+def actor_loss(actor_params, agent: ActorCritic, batch, key: jax.Array):
+    mean, log_std = ac.policy(agent, actor_params, batch["observations"])
+    actions, log_probs = dist.sample(key, mean, log_std)
+    q = ac.conservative_q(agent, ac.q_values(agent, agent.critic.params,
+                                             batch["observations"], actions))
+    alpha = jax.lax.stop_gradient(agent.alpha)
+    per_sample = alpha * log_probs - q
+    if agent.bc_steps > 0:
+        bc = alpha * log_probs - dist.log_prob(mean, log_std, batch["actions"])
+        per_sample = jnp.where(agent.critic.step < agent.bc_steps, bc, per_sample)
+    loss = jnp.mean(per_sample)
+    return loss, {"actor_loss": loss, "entropy": -jnp.mean(log_probs), "q_pi": jnp.mean(q),
+                  "log_probs": log_probs}
+
+
+def temperature_loss(temp_params, agent: ActorCritic, log_probs: jax.Array):
+    log_alpha = temp_params["log_value"]
+    return -log_alpha * jnp.mean(jax.lax.stop_gradient(log_probs) + agent.target_entropy)
+
+
+def update(agent: ActorCritic, batch, key: jax.Array,
+           penalty_fn: Optional[PenaltyFn] = None):
+    """One SAC(-family) gradient step: (agent, batch, key) -> (agent, info)."""
+    k_critic, k_actor = jax.random.split(key)
+    loss_fn = functools.partial(critic_loss, penalty_fn=penalty_fn)
+    (_, critic_info), critic_grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        agent.critic.params, agent, batch, k_critic)
+    (_, actor_info), actor_grads = jax.value_and_grad(actor_loss, has_aux=True)(
+        agent.actor.params, agent, batch, k_actor)
+    log_probs = actor_info.pop("log_probs")
+    temp_loss, temp_grads = jax.value_and_grad(temperature_loss)(agent.temp.params, agent,
+                                                                 log_probs)
+    new_agent = agent.replace(
+        critic=agent.critic.apply_gradients(grads=critic_grads),
+        actor=agent.actor.apply_gradients(grads=actor_grads),
+        temp=agent.temp.apply_gradients(grads=temp_grads),
+    )
+    new_agent = ac.soft_update(new_agent)
+    info = {**critic_info, **actor_info, "temperature_loss": temp_loss, "alpha": agent.alpha}
+    return new_agent, info

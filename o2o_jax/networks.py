@@ -1,0 +1,116 @@
+"""Networks: MLP trunk, twin critics, tanh-Gaussian actor heads, density-ratio net.
+
+Every module is a plain flax.linen module; agents hold their parameters in
+pytrees and call `module.apply` through pure functions. Ensembles of members are
+made by stacking parameter pytrees on a leading axis and `jax.vmap`-ing apply.
+"""
+from typing import Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+ACTIVATIONS = {"relu": nn.relu, "tanh": nn.tanh, "gelu": nn.gelu, "elu": nn.elu,
+               "silu": nn.silu}
+
+
+def get_activation(name: str) -> Callable:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; allowed: {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+class MLP(nn.Module):
+    """Dense layers with an activation (and optional LayerNorm) after each hidden layer."""
+    hidden_dims: Sequence[int]
+    activation: str = "relu"
+    layer_norm: bool = False
+    activate_final: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        act = get_activation(self.activation)
+        for i, size in enumerate(self.hidden_dims):
+            x = nn.Dense(size)(x)
+            if i + 1 < len(self.hidden_dims) or self.activate_final:
+                if self.layer_norm:
+                    x = nn.LayerNorm()(x)
+                x = act(x)
+        return x
+
+
+class Critic(nn.Module):
+    """Q(s, a): MLP on concat(s, a) with a scalar head."""
+    hidden_dims: Sequence[int]
+    activation: str = "relu"
+    layer_norm: bool = False
+
+    @nn.compact
+    def __call__(self, observations: jax.Array, actions: jax.Array) -> jax.Array:
+        x = jnp.concatenate([observations, actions], axis=-1)
+        x = MLP(self.hidden_dims, self.activation, self.layer_norm)(x)
+        return nn.Dense(1)(x)[..., 0]
+
+
+class TwinCritic(nn.Module):
+    """`num_qs` independent critics with one call; output shape [num_qs, *batch]."""
+    hidden_dims: Sequence[int]
+    activation: str = "relu"
+    layer_norm: bool = False
+    num_qs: int = 2
+
+    @nn.compact
+    def __call__(self, observations: jax.Array, actions: jax.Array) -> jax.Array:
+        ensemble = nn.vmap(Critic, variable_axes={"params": 0}, split_rngs={"params": True},
+                           in_axes=None, out_axes=0, axis_size=self.num_qs)
+        return ensemble(self.hidden_dims, self.activation, self.layer_norm)(
+            observations, actions)
+
+
+class TanhGaussianActor(nn.Module):
+    """Pre-tanh Gaussian parameters (mean, log_std) with separate heads.
+
+    `log_std` is clipped to [log_std_min, log_std_max]; `mean` optionally to
+    [-mean_clip, mean_clip] (the official CQL code clips to [-9, 9]).
+    """
+    action_dim: int
+    hidden_dims: Sequence[int]
+    activation: str = "relu"
+    layer_norm: bool = False
+    log_std_min: float = -20.0
+    log_std_max: float = 2.0
+    mean_clip: Optional[float] = None
+
+    @nn.compact
+    def __call__(self, observations: jax.Array):
+        x = MLP(self.hidden_dims, self.activation, self.layer_norm)(observations)
+        mean = nn.Dense(self.action_dim, name="mean")(x)
+        log_std = nn.Dense(self.action_dim, name="log_std")(x)
+        if self.mean_clip is not None:
+            mean = jnp.clip(mean, -self.mean_clip, self.mean_clip)
+        log_std = jnp.clip(log_std, self.log_std_min, self.log_std_max)
+        return mean, log_std
+
+
+class DensityRatio(nn.Module):
+    """w(s, a) >= 0: MLP on concat(s, a), scalar head with bias initialised to 1, then ReLU."""
+    hidden_dims: Sequence[int]
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, observations: jax.Array, actions: jax.Array) -> jax.Array:
+        x = jnp.concatenate([observations, actions], axis=-1)
+        x = MLP(self.hidden_dims, self.activation)(x)
+        x = nn.Dense(1, bias_init=nn.initializers.constant(1.0))(x)[..., 0]
+        return nn.relu(x)
+
+
+class Temperature(nn.Module):
+    """A single learnable log-temperature; `__call__` returns exp(log_value)."""
+    initial_value: float = 1.0
+
+    @nn.compact
+    def __call__(self) -> jax.Array:
+        log_value = self.param("log_value",
+                               lambda _: jnp.full((), jnp.log(self.initial_value), jnp.float32))
+        return jnp.exp(log_value)

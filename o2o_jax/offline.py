@@ -1,0 +1,52 @@
+"""Offline pretraining of N independent CQL members in one compiled program.
+
+`make_train_chunk` returns a jitted function that runs K updates of all N members with
+`jax.lax.scan` (state donated). Each update splits the step key into one key per member;
+member i draws its own minibatch uniformly from the device-resident dataset and takes a
+CQL step (`jax.vmap` over members), so members differ in initialisation and data order.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from o2o_jax.agents import cql
+
+TRANSITION_KEYS = ("observations", "actions", "rewards", "next_observations", "dones")
+
+
+def sample_batch(data, key: jax.Array, batch_size: int):
+    """A uniform minibatch (with replacement) from a dict of device arrays [M, ...]."""
+    num = data["rewards"].shape[0]
+    idx = jax.random.randint(key, (batch_size,), 0, num)
+    return {k: data[k][idx] for k in TRANSITION_KEYS}
+
+
+def member_step(agent, data, key: jax.Array, batch_size: int, update_fn=cql.update):
+    """One member's update on its own minibatch: (agent, data, key) -> (agent, info)."""
+    k_batch, k_update = jax.random.split(key)
+    return update_fn(agent, sample_batch(data, k_batch, batch_size), k_update)
+
+
+def members_step(members, data, key: jax.Array, batch_size: int, update_fn=cql.update):
+    """All N members take one step, member i with key split(key, N)[i]."""
+    num_members = jax.tree_util.tree_leaves(members.actor.params)[0].shape[0]
+    keys = jax.random.split(key, num_members)
+    step = functools.partial(member_step, batch_size=batch_size, update_fn=update_fn)
+    return jax.vmap(step, in_axes=(0, None, 0))(members, data, keys)
+
+
+def make_train_chunk(num_steps: int, batch_size: int, update_fn=cql.update):
+    """jit((members, data, key) -> (members, info)): `num_steps` updates in one call.
+
+    `info` holds each metric averaged over the chunk, per member ([N]).
+    """
+
+    def chunk(members, data, key):
+        def body(m, k):
+            return members_step(m, data, k, batch_size, update_fn)
+
+        members, infos = jax.lax.scan(body, members, jax.random.split(key, num_steps))
+        return members, jax.tree_util.tree_map(lambda x: jnp.mean(x, axis=0), infos)
+
+    return jax.jit(chunk, donate_argnums=0)

@@ -1,0 +1,26 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="o2o_jax",
+    version="0.1.0",
+    description="Offline-to-online RL (balanced replay + pessimistic Q-ensemble) in JAX/Flax",
+    packages=find_packages(include=["o2o_jax", "o2o_jax.*", "experiments", "configs"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.4.30",
+        "flax>=0.8",
+        "optax",
+        "chex",
+        "gymnasium[mujoco]>=1.0",
+        "mujoco>=3.1",
+        "minari[hdf5]>=0.5",   # minari needs h5py to write or read any dataset
+        "numpy",
+        "ml-collections",
+        "orbax-checkpoint",
+        "absl-py",
+        "matplotlib",          # experiments.plot: learning curves to PNG
+    ],
+    extras_require={
+        "test": ["pytest", "pytest-xdist", "scipy", "nbclient", "nbformat", "ipykernel"],
+    },
+)
