@@ -1,0 +1,161 @@
+"""Speed benchmark: updates/s, compile time, and FLOP rate vs the measured matmul rate.
+
+  python -m experiments.bench                     # all sections
+  python -m experiments.bench --sections=agents   # one section
+
+Each figure is the median over --reps timed calls of a compiled chunk of --steps updates
+(lax.scan), after a warm-up call whose time is reported as compile time. Ratios printed
+here are measured side by side in this one process.
+"""
+import os
+
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+from absl import app, flags  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from configs import base  # noqa: E402
+from o2o_jax import flops, offline  # noqa: E402
+from o2o_jax.agents import cql, ensemble, sac  # noqa: E402
+
+FLAGS = flags.DEFINE_list("sections", ["matmul", "agents", "online", "buffer", "seeds"],
+                          "sections to run")
+_REPS = flags.DEFINE_integer("reps", 5, "timed repetitions (median reported)")
+_STEPS = flags.DEFINE_integer("steps", 100, "updates per compiled call")
+_BATCH = flags.DEFINE_integer("batch", 256, "batch size")
+_MEMBERS = flags.DEFINE_integer("members", 5, "ensemble size N")
+_HIDDEN = flags.DEFINE_list("hidden", ["256", "256"], "hidden layer sizes")
+_BUFFER_SIZE = flags.DEFINE_integer("buffer_size", 1_000_000, "prioritized buffer leaves")
+OBS, ACT = 11, 3  # hopper
+
+
+def device_name() -> str:
+    d = jax.devices()[0]
+    if d.platform == "cpu":
+        model = ""
+        try:
+            with open("/proc/cpuinfo") as f:
+                model = next(l.split(":", 1)[1].strip() for l in f if "model name" in l)
+        except (OSError, StopIteration):
+            model = platform.processor()
+        return f"cpu ({model}, {os.cpu_count()} cores visible)"
+    return f"{d.platform} ({d.device_kind})"
+
+
+def time_calls(fn, args_fn, reps):
+    """(compile_s, [call_s...]); args_fn() gives fresh (donatable) arguments."""
+    t = time.perf_counter()
+    jax.block_until_ready(fn(*args_fn()))
+    compile_s = time.perf_counter() - t
+    times = []
+    for _ in range(reps):
+        args = args_fn()
+        jax.block_until_ready(args)
+        t = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t)
+    return compile_s, times
+
+
+def matmul_rate(m, k, n, reps):
+    """Dense f32 matmul FLOP/s of an [m,k]x[k,n] product (scan of 20 to amortise dispatch)."""
+    assert k == n, "square right operand: each product feeds the next"
+    a = jax.random.normal(jax.random.PRNGKey(0), (m, k))
+    b = jax.random.normal(jax.random.PRNGKey(1), (k, n)) / np.sqrt(k)
+
+    @jax.jit
+    def f(a, b):
+        def body(x, _):
+            return x @ b, None
+        x, _ = jax.lax.scan(body, a, None, length=20)
+        return x
+
+    _, times = time_calls(f, lambda: (a, b), reps)
+    return 20 * flops.matmul_flops(m, k, n) / statistics.median(times)
+
+
+def fake_data(m=100_000):
+    rng = np.random.default_rng(0)
+    return {
+        "observations": jnp.asarray(rng.normal(size=(m, OBS)), jnp.float32),
+        "actions": jnp.asarray(rng.uniform(-1, 1, size=(m, ACT)), jnp.float32),
+        "rewards": jnp.asarray(rng.normal(size=m), jnp.float32),
+        "next_observations": jnp.asarray(rng.normal(size=(m, OBS)), jnp.float32),
+        "dones": jnp.zeros(m, jnp.float32),
+    }
+
+
+def agent_cfg(hidden):
+    c = base.get_agent_config()
+    c.hidden_dims = tuple(hidden)
+    return c
+
+
+def bench_agents(hidden, batch, members, steps, reps, peak):
+    data = fake_data()
+    rows = []
+    for name, n, update_fn, cql_actions in (
+            ("SAC (1 agent)", 1, sac.update, 0),
+            ("CQL (1 agent)", 1, cql.update, 30),
+            (f"CQL ensemble (N={members})", members, cql.update, 30)):
+        cfg = agent_cfg(hidden)
+        if update_fn is sac.update:
+            cfg.cql_weight, cfg.backup_entropy, cfg.bc_steps = 0.0, True, 0
+        m0 = ensemble.create_members(jax.random.PRNGKey(0), OBS, ACT, cfg, n)
+        chunk = offline.make_train_chunk(steps, batch, update_fn)
+        copy = lambda: (jax.tree_util.tree_map(jnp.copy, m0), data, jax.random.PRNGKey(1))
+        compile_s, times = time_calls(chunk, copy, reps)
+        per_update = statistics.median(times) / steps
+        f = flops.sac_update_flops(OBS, ACT, hidden, batch, cql_actions=cql_actions, members=n)
+        rows.append((name, 1.0 / per_update, compile_s, f / per_update, f))
+    print(f"\n## Agent updates (batch {batch}, hidden {hidden}, {steps} updates per call, "
+          f"median of {reps})")
+    print(f"| update | updates/s | compile s | GFLOP/update | GFLOP/s | % of matmul rate |")
+    print("|---|---|---|---|---|---|")
+    for name, ups, comp, rate, f in rows:
+        print(f"| {name} | {ups:.1f} | {comp:.1f} | {f / 1e9:.3f} | {rate / 1e9:.1f} | "
+              f"{100 * rate / peak:.0f}% |")
+    return rows
+
+
+def main(argv):
+    del argv
+    hidden = [int(h) for h in _HIDDEN.value]
+    print(f"device: {device_name()}; jax {jax.__version__}")
+    reps, steps, batch = _REPS.value, _STEPS.value, _BATCH.value
+    peak = matmul_rate(batch * 8, hidden[0], hidden[0], reps)
+    if "matmul" in FLAGS.value:
+        big = matmul_rate(2048, 2048, 2048, reps)
+        print("\n## Dense f32 matmul rate (this process)")
+        print(f"| shape | GFLOP/s |\n|---|---|\n| [{batch * 8},{hidden[0]}]x[{hidden[0]},"
+              f"{hidden[0]}] (reference for %) | {peak / 1e9:.1f} |\n| [2048,2048]x[2048,2048] "
+              f"| {big / 1e9:.1f} |")
+    if "agents" in FLAGS.value:
+        bench_agents(hidden, batch, _MEMBERS.value, steps, reps, peak)
+    if "online" in FLAGS.value:
+        try:
+            from o2o_jax import online_bench
+        except ImportError:
+            online_bench = None
+        if online_bench is not None:
+            online_bench.run(hidden, batch, _MEMBERS.value, steps, reps, peak)
+    if "buffer" in FLAGS.value:
+        try:
+            from o2o_jax.replay import benchmark as replay_bench
+        except ImportError:
+            replay_bench = None
+        if replay_bench is not None:
+            r = replay_bench.time_buffer_ops(capacity=_BUFFER_SIZE.value, batch_size=batch)
+            print(f"\n## Prioritized buffer ({_BUFFER_SIZE.value} leaves, batch {batch})")
+            for k, v in r.items():
+                print(f"| {k} | {v} |")
+
+
+if __name__ == "__main__":
+    app.run(main)
