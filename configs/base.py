@@ -60,4 +60,26 @@ def get_config() -> ml_collections.ConfigDict:
     c.offline.chunk = 1_000      # updates per compiled call (lax.scan)
     c.offline.eval_interval = 50_000
     c.offline.eval_episodes = 10
+    c.offline.save_members = True   # orbax checkpoint of the N members after pretraining
+
+    c.online = ml_collections.ConfigDict()
+    c.online.epochs = 250               # x env_steps_per_epoch = online env steps
+    c.online.env_steps_per_epoch = 1_000
+    c.online.updates_per_epoch = 1_000  # UTD 1
+    c.online.first_epoch_multiplier = 5  # reference: 5 to 10
+    c.online.batch_size = 256
+    c.online.dr_batch_size = 256
+    c.online.replay = "balanced"        # balanced | uniform | online_only
+    c.online.init_online_fraction = 0.5  # f: online share of sampling mass after epoch 0
+    c.online.priority_temperature = 5.0  # T
+    c.online.fifo_capacity = 250_000    # online DR batches come from the newest items
+    c.online.dr_hidden_dims = (256, 256)
+    c.online.dr_lr = 3e-4
+    c.online.eval_episodes = 10         # per epoch, deterministic pi_E
+    c.online.reset_temperature = True   # (code): alpha = 1 at the start of fine-tuning
+    c.online.init_temperature = 1.0
+    c.online.fresh_optimizers = True    # (code): new Adam states for fine-tuning
+    c.online.cql_weight = 0.0           # 0: SAC-ft rule (the method); > 0: CQL-ft
+    c.online.backup_entropy = True
+    c.online.load_offline_from = ""     # members checkpoint dir: skip pretraining
     return c

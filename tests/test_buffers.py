@@ -286,3 +286,16 @@ def test_benchmark_smoke():
                  "replay_set_priorities_s"):
         assert 0 < out[name] < 1.0
     assert out["drift_rel_error"] < 1e-5
+
+
+def test_store_sample_recent_draws_only_the_newest_window():
+    example = {"x": jnp.zeros((), jnp.float32)}
+    st = buffers.store_init(10, example)
+    st = buffers.store_add(st, {"x": jnp.arange(13, dtype=jnp.float32)})  # holds 3..12
+    got = np.asarray(buffers.store_sample_recent(st, jax.random.PRNGKey(0), 4000, 4)["x"])
+    assert set(got.astype(int)) == {9, 10, 11, 12}
+    counts = np.bincount(got.astype(int))[9:]
+    assert counts.min() > 900  # roughly uniform over the window (1000 expected each)
+    # A window larger than the content falls back to everything there.
+    got = np.asarray(buffers.store_sample_recent(st, jax.random.PRNGKey(1), 2000, 50)["x"])
+    assert set(got.astype(int)) == set(range(3, 13))

@@ -129,6 +129,18 @@ def store_sample_uniform(state: TransitionStoreState, key: jax.Array,
     return _gather(state.data, idx)
 
 
+@functools.partial(jax.jit, static_argnames=("batch_size", "window"))
+def store_sample_recent(state: TransitionStoreState, key: jax.Array, batch_size: int,
+                        window: int) -> Transitions:
+    """Uniform draws from the newest min(size, window) items: a FIFO of capacity `window`
+    viewed inside a larger store (the spec's 250k online DR buffer inside the store that
+    holds every online transition)."""
+    count = jnp.maximum(jnp.minimum(state.size, window), 1)
+    back = jax.random.randint(key, (batch_size,), 0, count)
+    idx = (state.insert_pos - 1 - back) % state.capacity
+    return _gather(state.data, idx)
+
+
 # --------------------------------------------------------------------------------------
 # Balanced replay (Off2OnRL, spec section 4)
 # --------------------------------------------------------------------------------------

@@ -1,0 +1,99 @@
+"""Validate an experiment config before any compute; errors name the field and what is allowed."""
+from o2o_jax import envs
+
+DATASET_KINDS = ("random", "medium", "medium-replay", "expert", "medium-expert")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _get(cfg, dotted):
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def _check(cond, field, value, allowed):
+    if not cond:
+        raise ConfigError(f"config field '{field}' = {value!r} is not allowed: {allowed} "
+                          f"(fix it in the config file or with --config.{field}=...)")
+
+
+def positive_int(cfg, field):
+    v = _get(cfg, field)
+    _check(isinstance(v, int) and not isinstance(v, bool) and v > 0, field, v,
+           "must be a positive integer")
+
+
+def non_negative_int(cfg, field):
+    v = _get(cfg, field)
+    _check(isinstance(v, int) and not isinstance(v, bool) and v >= 0, field, v,
+           "must be an integer >= 0")
+
+
+def positive_float(cfg, field):
+    v = _get(cfg, field)
+    _check(isinstance(v, (int, float)) and v > 0, field, v, "must be a number > 0")
+
+
+def non_negative_float(cfg, field):
+    v = _get(cfg, field)
+    _check(isinstance(v, (int, float)) and v >= 0, field, v, "must be a number >= 0")
+
+
+def in_range(cfg, field, lo, hi, lo_open=False, hi_open=False):
+    v = _get(cfg, field)
+    ok = isinstance(v, (int, float)) and (v > lo if lo_open else v >= lo) and (
+        v < hi if hi_open else v <= hi)
+    _check(ok, field, v, f"must lie in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}")
+
+
+def one_of(cfg, field, allowed):
+    v = _get(cfg, field)
+    _check(v in allowed, field, v, f"must be one of {list(allowed)}")
+
+
+def check_agent(cfg, prefix="agent"):
+    positive_int(cfg, f"{prefix}.num_members")
+    dims = _get(cfg, f"{prefix}.hidden_dims")
+    _check(len(dims) > 0 and all(isinstance(d, int) and d > 0 for d in dims),
+           f"{prefix}.hidden_dims", dims, "must be a non-empty list of positive integers")
+    from o2o_jax.networks import ACTIVATIONS
+    one_of(cfg, f"{prefix}.activation", sorted(ACTIVATIONS))
+    for f in ("actor_lr", "critic_lr", "temp_lr", "init_temperature", "cql_lagrange_lr",
+              "cql_lagrange_init", "cql_temp"):
+        positive_float(cfg, f"{prefix}.{f}")
+    in_range(cfg, f"{prefix}.discount", 0.0, 1.0, hi_open=True)
+    in_range(cfg, f"{prefix}.tau", 0.0, 1.0, lo_open=True)
+    non_negative_float(cfg, f"{prefix}.cql_weight")
+    positive_int(cfg, f"{prefix}.cql_n_actions")
+    non_negative_int(cfg, f"{prefix}.bc_steps")
+    lo, hi = _get(cfg, f"{prefix}.log_std_min"), _get(cfg, f"{prefix}.log_std_max")
+    _check(lo < hi, f"{prefix}.log_std_min", lo, f"must be < agent.log_std_max = {hi}")
+
+
+def check(cfg):
+    """Raise ConfigError naming the first bad field of an experiment config."""
+    one_of(cfg, "env", sorted(envs.ENVS))
+    one_of(cfg, "dataset.kind", DATASET_KINDS)
+    non_negative_int(cfg, "seed")
+    positive_int(cfg, "dataset.build_transitions")
+    check_agent(cfg)
+    non_negative_int(cfg, "offline.steps")
+    for f in ("batch_size", "chunk", "eval_interval", "eval_episodes"):
+        positive_int(cfg, f"offline.{f}")
+    if "online" in cfg:
+        check_online(cfg)
+
+
+def check_online(cfg):
+    non_negative_int(cfg, "online.epochs")
+    for f in ("env_steps_per_epoch", "updates_per_epoch", "first_epoch_multiplier",
+              "batch_size", "eval_episodes", "fifo_capacity", "dr_batch_size"):
+        positive_int(cfg, f"online.{f}")
+    one_of(cfg, "online.replay", ("balanced", "uniform", "online_only"))
+    in_range(cfg, "online.init_online_fraction", 0.0, 1.0, lo_open=True, hi_open=True)
+    positive_float(cfg, "online.priority_temperature")
+    positive_float(cfg, "online.dr_lr")

@@ -1,0 +1,142 @@
+"""Online fine-tuning (spec sections 3-5): one XLA program per gradient step, one per epoch.
+
+`online_step` is the whole online gradient step, fused in one jitted function:
+  1. draw the RL batch (balanced: prioritized by density ratio; uniform: offline + online;
+     online_only), the offline DR batch and the online DR batch;
+  2. the ensemble SAC update (critics, moment-matched actor, temperature; all gradients at
+     the pre-update parameters) and the density-ratio update, also from pre-update params;
+  3. new priorities of the sampled indices from the *pre-update* DR net, written back;
+  4. Polyak update of the 2N target critics (inside the agent update).
+`make_train_epoch` scans it K times in one call with the state donated.
+"""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+from flax.training.train_state import TrainState
+
+from o2o_jax import density_ratio as dr
+from o2o_jax.agents import actor_critic as ac
+from o2o_jax.agents import cql, ensemble, sac
+from o2o_jax.agents.actor_critic import ActorCritic
+from o2o_jax.replay import buffers
+
+REPLAY_MODES = ("balanced", "uniform", "online_only")
+
+
+class OnlineState(struct.PyTreeNode):
+    agent: ActorCritic                      # the ensemble agent (members == N)
+    dr: TrainState                          # density-ratio network
+    replay: buffers.BalancedReplayState     # priorities + online transitions
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """Static knobs of the fused step (hashable: part of the compiled program)."""
+    batch_size: int = 256
+    dr_batch_size: int = 256
+    replay: str = "balanced"
+    priority_temperature: float = 5.0
+    fifo_window: int = 250_000             # online DR batch: newest items only
+    cql: bool = False                      # keep the CQL penalty online (CQL-ft)
+
+    def __post_init__(self):
+        if self.replay not in REPLAY_MODES:
+            raise ValueError(f"replay mode {self.replay!r}: allowed {REPLAY_MODES}")
+
+
+def rl_batch(replay: buffers.BalancedReplayState, offline_data, key, cfg: StepConfig):
+    """The RL minibatch and its buffer indices (index < M: offline transition)."""
+    if cfg.replay == "balanced":
+        return buffers.sample(replay, offline_data, key, cfg.batch_size)
+    m = replay.num_offline
+    if cfg.replay == "uniform":
+        idx = jax.random.randint(key, (cfg.batch_size,), 0, m + replay.online.size)
+    else:  # online_only
+        idx = m + jax.random.randint(key, (cfg.batch_size,), 0,
+                                     jnp.maximum(replay.online.size, 1))
+    return buffers.gather(replay, offline_data, idx), idx
+
+
+def online_step(state: OnlineState, offline_data, key: jax.Array, cfg: StepConfig):
+    """One fused online gradient step: (state, offline_data, key) -> (state, info)."""
+    k_rl, k_off, k_on, k_agent = jax.random.split(key, 4)
+    batch, idx = rl_batch(state.replay, offline_data, k_rl, cfg)
+    update_fn = cql.update if cfg.cql else sac.update
+    agent, info = update_fn(state.agent, batch, k_agent)
+    info["offline_fraction"] = buffers.offline_fraction(idx, state.replay.num_offline)
+    dr_state, replay = state.dr, state.replay
+    if cfg.replay == "balanced":
+        off = buffers.sample_uniform_offline(offline_data, k_off, cfg.dr_batch_size)
+        on = buffers.store_sample_recent(state.replay.online, k_on, cfg.dr_batch_size,
+                                         cfg.fifo_window)
+        # Priorities from the pre-update DR net (the same params dr_update starts from).
+        w_rl = dr.predict_ratio(state.dr, batch["observations"], batch["actions"])
+        w_off = dr.predict_ratio(state.dr, off["observations"], off["actions"])
+        priorities = dr.priorities_from_ratio(w_rl, w_off, cfg.priority_temperature)
+        dr_state, dr_info = dr.dr_update(state.dr, off["observations"], off["actions"],
+                                         on["observations"], on["actions"])
+        replay = buffers.set_priorities(replay, idx, priorities)
+        info.update(dr_info)
+        info["priority_mean"] = jnp.mean(priorities)
+    return OnlineState(agent=agent, dr=dr_state, replay=replay), info
+
+
+def make_train_epoch(num_steps: int, cfg: StepConfig):
+    """jit((state, offline_data, key) -> (state, info)): `num_steps` fused steps, one call.
+
+    `info` holds each metric averaged over the steps.
+    """
+
+    def epoch(state, offline_data, key):
+        def body(s, k):
+            return online_step(s, offline_data, k, cfg)
+
+        state, infos = jax.lax.scan(body, state, jax.random.split(key, num_steps))
+        return state, jax.tree_util.tree_map(lambda x: jnp.mean(x, axis=0), infos)
+
+    return jax.jit(epoch, donate_argnums=0)
+
+
+def init_state(members: ActorCritic, offline_data, key: jax.Array, online_cfg,
+               obs_dim: int, act_dim: int) -> OnlineState:
+    """The online state at the start of fine-tuning (spec sections 3-4)."""
+    oc = online_cfg
+    agent = ensemble.to_ensemble(
+        members, reset_temperature=oc.reset_temperature,
+        init_temperature=oc.init_temperature, fresh_optimizers=oc.fresh_optimizers,
+        cql_weight=float(oc.cql_weight), backup_entropy=bool(oc.backup_entropy), bc_steps=0)
+    num_offline = int(offline_data["rewards"].shape[0])
+    example = {k: v[0] for k, v in offline_data.items()}
+    replay = buffers.init(num_offline, oc.epochs * oc.env_steps_per_epoch, example)
+    if oc.replay == "balanced":
+        replay = buffers.set_initial_max_priority(replay, oc.init_online_fraction,
+                                                  oc.env_steps_per_epoch)
+    dr_state = dr.create_dr_state(key, obs_dim, act_dim, tuple(oc.dr_hidden_dims), oc.dr_lr)
+    return OnlineState(agent=agent, dr=dr_state, replay=replay)
+
+
+@jax.jit
+def q_auroc(agent: ActorCritic, observations, actions_taken, key):
+    """AUROC of Q_ens separating (s, a_taken) from (s, a_uniform) pairs (paper Fig. 4b).
+
+    Mann-Whitney form: P(Q(s, a_taken) > Q(s', a_uniform)) + 0.5 P(tie) over all pairs.
+    """
+    uniform = jax.random.uniform(key, actions_taken.shape, minval=-1.0, maxval=1.0)
+    pos = ensemble.q_ens(agent, observations, actions_taken)
+    neg = ensemble.q_ens(agent, observations, uniform)
+    diff = pos[:, None] - neg[None, :]
+    return jnp.mean((diff > 0).astype(jnp.float32) + 0.5 * (diff == 0).astype(jnp.float32))
+
+
+@jax.jit
+def act_stochastic(agent: ActorCritic, observations, key):
+    """One sample of the ensemble policy pi_E (exploration)."""
+    return ac.act(agent, observations, key)
+
+
+@jax.jit
+def act_deterministic(agent: ActorCritic, observations):
+    """tanh(mu_E) (evaluation)."""
+    return ac.act(agent, observations)

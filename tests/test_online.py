@@ -1,0 +1,134 @@
+"""The fused online step against the same step computed piece by piece, outside it."""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import base
+from o2o_jax import density_ratio as dr
+from o2o_jax import online
+from o2o_jax.agents import ensemble, sac
+from o2o_jax.replay import buffers
+
+OBS, ACT, M = 4, 2, 200
+
+
+def offline_data(seed=0, m=M):
+    rng = np.random.default_rng(seed)
+    return {
+        "observations": jnp.asarray(rng.normal(size=(m, OBS)), jnp.float32),
+        "actions": jnp.asarray(rng.uniform(-0.9, 0.9, size=(m, ACT)), jnp.float32),
+        "rewards": jnp.asarray(rng.normal(size=m), jnp.float32),
+        "next_observations": jnp.asarray(rng.normal(size=(m, OBS)), jnp.float32),
+        "dones": jnp.asarray(rng.integers(0, 2, size=m), jnp.float32),
+    }
+
+
+def online_cfg(replay="balanced"):
+    c = base.get_config().online
+    c.epochs, c.env_steps_per_epoch, c.replay = 3, 50, replay
+    c.dr_hidden_dims = (16, 16)
+    return c
+
+
+def make_state(replay="balanced", n=3):
+    a = base.get_agent_config()
+    a.hidden_dims = (16, 16)
+    members = ensemble.create_members(jax.random.PRNGKey(0), OBS, ACT, a, n)
+    data = offline_data()
+    state = online.init_state(members, data, jax.random.PRNGKey(1), online_cfg(replay), OBS, ACT)
+    new = offline_data(seed=5, m=50)
+    new["observations"] = new["observations"] + 2.0   # online data look different
+    state = state.replace(replay=buffers.add_online(state.replay, new))
+    return state, data
+
+
+def leaves_close(a, b, **kw):
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), **kw)
+
+
+def test_fused_step_equals_piecewise_step():
+    state, data = make_state()
+    cfg = online.StepConfig(batch_size=32, dr_batch_size=32, fifo_window=1000)
+    key = jax.random.PRNGKey(7)
+    fused, info = jax.jit(lambda s, d, k: online.online_step(s, d, k, cfg))(state, data, key)
+
+    # Piece by piece, each from the pre-update state.
+    k_rl, k_off, k_on, k_agent = jax.random.split(key, 4)
+    batch, idx = buffers.sample(state.replay, data, k_rl, 32)
+    agent, _ = jax.jit(sac.update)(state.agent, batch, k_agent)
+    off = buffers.sample_uniform_offline(data, k_off, 32)
+    on = buffers.store_sample_recent(state.replay.online, k_on, 32, 1000)
+    w = lambda o, a: state.dr.apply_fn({"params": state.dr.params}, o, a)
+    w_rl, w_off, w_on = (np.asarray(w(b["observations"], b["actions"]), np.float64)
+                         for b in (batch, off, on))
+    prio = np.clip(w_rl ** 0.2 / (np.mean(w_off ** 0.2) + 1e-10), 1e-3, 1e3)
+    grads = jax.grad(lambda p: dr.dr_loss(
+        state.dr.apply_fn({"params": p}, off["observations"], off["actions"]),
+        state.dr.apply_fn({"params": p}, on["observations"], on["actions"])))(state.dr.params)
+    dr_state = state.dr.apply_gradients(grads=grads)
+
+    leaves_close(fused.agent, agent, rtol=1e-5, atol=1e-6)
+    leaves_close(fused.dr, dr_state, rtol=1e-5, atol=1e-6)
+    # The sampled leaves now hold the pre-update-DR priorities (last write of duplicates).
+    leaf = np.asarray(fused.replay.tree.nodes)[fused.replay.tree.num_leaves_pow2:]
+    last = {int(i): p for i, p in zip(np.asarray(idx), prio)}
+    np.testing.assert_allclose([leaf[i] for i in last], list(last.values()), rtol=1e-5)
+    untouched = np.setdiff1d(np.arange(M + 150), list(last))
+    before = np.asarray(state.replay.tree.nodes)[state.replay.tree.num_leaves_pow2:]
+    np.testing.assert_array_equal(leaf[untouched], before[untouched])
+    assert float(fused.replay.max_priority) >= max(float(state.replay.max_priority), prio.max()) - 1e-6
+    np.testing.assert_allclose(info["offline_fraction"], np.mean(np.asarray(idx) < M))
+    np.testing.assert_allclose(info["w_offline"], w_off.mean(), rtol=1e-5)
+    np.testing.assert_allclose(info["w_online"], w_on.mean(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["uniform", "online_only"])
+def test_other_replay_modes_sample_where_they_should(mode):
+    state, data = make_state(mode)
+    cfg = online.StepConfig(batch_size=512, replay=mode)
+    batch, idx = online.rl_batch(state.replay, data, jax.random.PRNGKey(3), cfg)
+    idx = np.asarray(idx)
+    size = M + 50
+    if mode == "uniform":
+        assert idx.min() >= 0 and idx.max() < size
+        assert abs(np.mean(idx < M) - M / size) < 0.06   # uniform over all 250 items
+    else:
+        assert idx.min() >= M and idx.max() < size
+    np.testing.assert_array_equal(np.asarray(batch["observations"]),
+                                  np.asarray(buffers.gather(state.replay, data, jnp.asarray(idx))["observations"]))
+
+
+def test_scanned_epoch_equals_repeated_steps():
+    state, data = make_state()
+    cfg = online.StepConfig(batch_size=16, dr_batch_size=16)
+    key = jax.random.PRNGKey(11)
+    copy = lambda t: jax.tree_util.tree_map(jnp.copy, t)
+    scanned, _ = online.make_train_epoch(3, cfg)(copy(state), data, key)
+    step = jax.jit(lambda s, k: online.online_step(s, data, k, cfg))
+    s = state
+    for k in jax.random.split(key, 3):
+        s, _ = step(s, k)
+    leaves_close(scanned, s, rtol=2e-5, atol=2e-6)
+
+
+def test_q_auroc_is_mann_whitney():
+    state, data = make_state()
+    obs, act = data["observations"][:64], data["actions"][:64]
+    key = jax.random.PRNGKey(4)
+    got = float(online.q_auroc(state.agent, obs, act, key))
+    uni = jax.random.uniform(key, act.shape, minval=-1.0, maxval=1.0)
+    pos = np.asarray(ensemble.q_ens(state.agent, obs, act))
+    neg = np.asarray(ensemble.q_ens(state.agent, obs, uni))
+    expected = np.mean([[1.0 if p > q else 0.5 if p == q else 0.0 for q in neg] for p in pos])
+    assert abs(got - expected) < 1e-6
+
+
+def test_to_ensemble_resets_temperature_and_optimizers():
+    state, _ = make_state()
+    assert float(state.agent.alpha) == pytest.approx(1.0)
+    assert int(state.agent.actor.step) == 0 and state.agent.members == 3
+    mu = jax.tree_util.tree_leaves(state.agent.critic.opt_state)
+    assert all(float(jnp.abs(x).sum()) == 0 for x in mu if x.ndim > 0)
