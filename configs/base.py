@@ -51,6 +51,15 @@ def get_config() -> ml_collections.ConfigDict:
     c.dataset.kind = "medium"
     c.dataset.build_if_missing = True
     c.dataset.build_transitions = 1_000_000   # size if it has to be built
+    c.dataset.build_seed = 0
+    # Recipe budget if it has to be built (None: the recipe's default); see
+    # `python -m experiments.make_dataset --help`.
+    c.dataset.build_budget = ml_collections.ConfigDict({
+        "train_steps": ml_collections.config_dict.placeholder(int),
+        "target_return": ml_collections.config_dict.placeholder(float),
+        "start_steps": ml_collections.config_dict.placeholder(int),
+        "eval_every": ml_collections.config_dict.placeholder(int),
+        "hidden_dims": ml_collections.config_dict.placeholder(tuple)})
 
     c.agent = get_agent_config()
 

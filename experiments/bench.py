@@ -124,6 +124,47 @@ def bench_agents(hidden, batch, members, steps, reps, peak):
     return rows
 
 
+def bench_online(hidden, batch, members, steps, reps, peak, num_offline=1_000_000):
+    """The full fused online step (balanced replay + DR net) beside the plain
+    SAC-ensemble step (uniform replay, no DR net): the ratio is what balanced replay costs."""
+    from ml_collections import ConfigDict
+    from o2o_jax import online
+    from o2o_jax.replay import buffers
+
+    data = fake_data(num_offline)
+    cfg = agent_cfg(hidden)
+    m0 = ensemble.create_members(jax.random.PRNGKey(0), OBS, ACT, cfg, members)
+    oc = ConfigDict(dict(reset_temperature=True, init_temperature=1.0, fresh_optimizers=True,
+                         cql_weight=0.0, backup_entropy=True, epochs=250,
+                         env_steps_per_epoch=1000, replay="balanced", init_online_fraction=0.5,
+                         dr_hidden_dims=tuple(hidden), dr_lr=3e-4))
+    s0 = online.init_state(m0, data, jax.random.PRNGKey(1), oc, OBS, ACT)
+    new = {k: v[:50_000] for k, v in fake_data(50_000).items()}
+    s0 = s0.replace(replay=buffers.add_online(s0.replay, new))
+    rows = []
+    for name, mode in (("full online step (balanced replay + DR)", "balanced"),
+                       ("plain SAC-ensemble step (uniform replay)", "uniform")):
+        fn = online.make_train_epoch(steps, online.StepConfig(batch_size=batch,
+                                                              dr_batch_size=batch, replay=mode))
+        copy = lambda: (jax.tree_util.tree_map(jnp.copy, s0), data, jax.random.PRNGKey(2))
+        compile_s, times = time_calls(fn, copy, reps)
+        per = statistics.median(times) / steps
+        f = flops.sac_update_flops(OBS, ACT, hidden, batch, members=members)
+        if mode == "balanced":
+            f += flops.dr_update_flops(OBS, ACT, hidden, batch)
+        rows.append((name, 1.0 / per, compile_s, f, f / per))
+    print(f"\n## Online step (N={members}, batch {batch}, hidden {hidden}, "
+          f"{num_offline} offline + 50000 online transitions, {steps} steps per call, "
+          f"median of {reps})")
+    print("| step | steps/s | compile s | GFLOP/step | GFLOP/s | % of matmul rate |")
+    print("|---|---|---|---|---|---|")
+    for name, ups, comp, f, rate in rows:
+        print(f"| {name} | {ups:.1f} | {comp:.1f} | {f / 1e9:.3f} | {rate / 1e9:.1f} | "
+              f"{100 * rate / peak:.0f}% |")
+    print(f"balanced / plain time ratio: {rows[1][1] / rows[0][1]:.2f}")
+    return rows
+
+
 def main(argv):
     del argv
     hidden = [int(h) for h in _HIDDEN.value]
@@ -139,12 +180,7 @@ def main(argv):
     if "agents" in FLAGS.value:
         bench_agents(hidden, batch, _MEMBERS.value, steps, reps, peak)
     if "online" in FLAGS.value:
-        try:
-            from o2o_jax import online_bench
-        except ImportError:
-            online_bench = None
-        if online_bench is not None:
-            online_bench.run(hidden, batch, _MEMBERS.value, steps, reps, peak)
+        bench_online(hidden, batch, _MEMBERS.value, steps, reps, peak)
     if "buffer" in FLAGS.value:
         try:
             from o2o_jax.replay import benchmark as replay_bench

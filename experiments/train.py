@@ -16,6 +16,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config fil
 
 def main(argv):
     del argv
+    from absl import logging
+    logging.set_verbosity(logging.WARNING)   # orbax logs every save at INFO
     from o2o_jax import pipeline
     pipeline.run(_CONFIG.value)
 

@@ -23,9 +23,15 @@ def run_path(cfg) -> str:
 
 def load_dataset(cfg, obs_dim: int, act_dim: int):
     from o2o_jax import data
-    dataset = data.ensure(cfg.env, cfg.dataset.kind, dataset_id=cfg.dataset.id,
-                          build_transitions=cfg.dataset.build_transitions, seed=cfg.seed,
-                          allow_build=cfg.dataset.build_if_missing)
+    if not cfg.dataset.build_if_missing:
+        dataset = data.load(cfg.dataset.id or data.default_id(cfg.env, cfg.dataset.kind),
+                            cfg.env)
+    else:
+        budget = {k: v for k, v in cfg.dataset.build_budget.items()
+                  if v is not None} if "build_budget" in cfg.dataset else {}
+        dataset = data.ensure(cfg.env, cfg.dataset.kind, dataset_id=cfg.dataset.id,
+                              build_transitions=cfg.dataset.build_transitions,
+                              seed=cfg.dataset.build_seed, **budget)
     if (dataset.obs_dim, dataset.act_dim) != (obs_dim, act_dim):
         raise ValueError(
             f"dataset {dataset.dataset_id!r} has observation/action dims "

@@ -1,0 +1,104 @@
+"""Build our D4RL-style datasets as Minari datasets (`o2o/<env>/<kind>-v0`).
+
+    python -m experiments.make_dataset --env=hopper --kind=medium
+    python -m experiments.make_dataset --env=hopper --kind=all --transitions=100000 \
+        --train_steps=300000                 # a smaller set, all five kinds
+    python -m experiments.make_dataset --table   # markdown table of the local datasets
+
+Kinds: random, medium, medium-replay, expert, medium-expert (see o2o_jax/data/recipes.py).
+Datasets go to Minari's local root ($MINARI_DATASETS_PATH, else ~/.minari/datasets);
+behaviour policies to <root>/o2o/<env>/policies/sac-seed<seed>/ and are reused by later
+builds (delete that folder to retrain). Progress lines with elapsed time and ETA go to
+stderr.
+"""
+import time
+
+from absl import app, flags
+
+from o2o_jax import envs
+from o2o_jax.data import loader, recipes, store
+from o2o_jax.data.progress import format_seconds
+
+_ENV = flags.DEFINE_enum("env", "hopper", sorted(envs.ENVS), "Environment.")
+_KIND = flags.DEFINE_enum("kind", "medium", list(recipes.KINDS) + ["all"],
+                          "Dataset kind; 'all' builds the five in dependency order.")
+_TRANSITIONS = flags.DEFINE_integer("transitions", 1_000_000,
+                                    "Transitions per rolled-out dataset (D4RL: 1M).")
+_TRAIN_STEPS = flags.DEFINE_integer("train_steps", 1_000_000,
+                                    "SAC budget in env steps (= gradient steps): the cap "
+                                    "for the medium point and the expert's training length.")
+_TARGET = flags.DEFINE_float("target_return", None,
+                             "Medium point: stochastic eval return to reach. Default: one "
+                             "third of D4RL's expert reference return.")
+_SEED = flags.DEFINE_integer("seed", 0, "Build seed (SAC run, rollouts).")
+_FORCE = flags.DEFINE_boolean("force", False, "Replace an existing dataset (saved policies "
+                              "are reused).")
+_HIDDEN = flags.DEFINE_list("hidden_dims", ["256", "256"], "SAC hidden layer sizes.")
+_START = flags.DEFINE_integer("start_steps", 10_000, "Uniform-random warm-up env steps.")
+_BATCH = flags.DEFINE_integer("batch_size", 256, "SAC minibatch size.")
+_EVAL_EVERY = flags.DEFINE_integer("eval_every", 10_000, "Env steps between evaluations.")
+_EVAL_EPISODES = flags.DEFINE_integer("eval_episodes", 5, "Episodes per evaluation.")
+_NUM_ENVS = flags.DEFINE_integer("num_envs", 8, "Envs side by side in rollouts.")
+_TABLE = flags.DEFINE_boolean("table", False, "Print a markdown table of the local o2o "
+                              "datasets and exit.")
+
+TABLE_HEADER = ("| dataset | transitions | episodes | behaviour return | normalised | "
+                "build time | SAC env steps | machine |\n|---|---:|---:|---:|---:|---:|---:|---|")
+
+
+def table_row(dataset_id: str) -> str:
+    meta = store.read_raw_metadata(dataset_id)
+    policy = meta.get("o2o_policy") or {}
+    build = meta.get("o2o_build") or {}
+    steps = policy.get("env_steps")
+    return (f"| {dataset_id} | {meta['total_steps']:,} | {meta['total_episodes']:,} | "
+            f"{meta.get('o2o_behavior_return', float('nan')):.1f} | "
+            f"{meta.get('o2o_behavior_normalized_score', float('nan')):.1f} | "
+            f"{format_seconds(build.get('seconds', 0))} | "
+            f"{'' if steps is None else f'{steps:,}'} | {build.get('machine', '')} |")
+
+
+def local_ids():
+    out = []
+    for env_name in envs.ENVS:
+        for kind in recipes.KINDS:
+            ds = recipes.default_id(env_name, kind)
+            if store.exists_locally(ds):
+                out.append(ds)
+    return out
+
+
+def main(argv):
+    del argv
+    if _TABLE.value:
+        print(TABLE_HEADER)
+        for ds in local_ids():
+            print(table_row(ds))
+        return
+    budget = recipes.make_budget(
+        transitions=_TRANSITIONS.value, train_steps=_TRAIN_STEPS.value,
+        target_return=_TARGET.value, seed=_SEED.value,
+        hidden_dims=tuple(int(h) for h in _HIDDEN.value), batch_size=_BATCH.value,
+        start_steps=_START.value, eval_every=_EVAL_EVERY.value,
+        eval_episodes=_EVAL_EPISODES.value, num_envs=_NUM_ENVS.value)
+    # medium-replay before medium: one SAC run gives both (and a forced rebuild of
+    # medium-replay retrains, so medium must come after it to share its policy).
+    kinds = ([k for k in ("random", "medium-replay", "medium", "expert", "medium-expert")]
+             if _KIND.value == "all" else [_KIND.value])
+    print(f"Minari root: {store.dataset_root()}", flush=True)
+    built = []
+    for kind in kinds:
+        start = time.time()
+        dataset_id = recipes.build(_ENV.value, kind, budget, force=_FORCE.value)
+        ds = loader.load(dataset_id, _ENV.value)  # check it loads, and time the load
+        print(f"[{dataset_id}] loads: {ds.num_transitions:,} transitions, "
+              f"{ds.num_episodes:,} episodes ({format_seconds(time.time() - start)} "
+              "in this command)", flush=True)
+        built.append(dataset_id)
+    print(TABLE_HEADER)
+    for ds in built:
+        print(table_row(ds))
+
+
+if __name__ == "__main__":
+    app.run(main)
