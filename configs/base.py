@@ -45,6 +45,14 @@ def get_config() -> ml_collections.ConfigDict:
     c.run_dir = "runs"           # runs go to <run_dir>/<run_name>
     c.run_name = ""              # "" -> <env>-<dataset kind>-<algo>-seed<seed>-<time>
     c.algo = "off2on"
+    c.num_seeds = 1              # S seeds vmapped in one program: seeds seed..seed+S-1
+    c.shard_seeds = True         # with several devices, shard the seed axis across them
+    c.resume = False             # continue the newest run of this experiment
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_offline_steps = 100_000   # 0: only at the end of the phase
+    c.checkpoint.every_online_epochs = 10        # 0: never
+    c.checkpoint.keep = 2                        # newest complete checkpoints kept
 
     c.dataset = ml_collections.ConfigDict()
     c.dataset.id = ""            # "" -> o2o/<env>/<kind>-v0, our recipe's id

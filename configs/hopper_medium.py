@@ -2,7 +2,7 @@
 from configs import base
 
 
-def get_config(variant: str = "") -> "ml_collections.ConfigDict":
+def get_config(variant: str = ""):
     c = base.get_config()
     c.env = "hopper"
     c.dataset.kind = "medium"

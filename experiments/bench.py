@@ -116,7 +116,7 @@ def bench_agents(hidden, batch, members, steps, reps, peak):
         rows.append((name, 1.0 / per_update, compile_s, f / per_update, f))
     print(f"\n## Agent updates (batch {batch}, hidden {hidden}, {steps} updates per call, "
           f"median of {reps})")
-    print(f"| update | updates/s | compile s | GFLOP/update | GFLOP/s | % of matmul rate |")
+    print("| update | updates/s | compile s | GFLOP/update | GFLOP/s | % of matmul rate |")
     print("|---|---|---|---|---|---|")
     for name, ups, comp, rate, f in rows:
         print(f"| {name} | {ups:.1f} | {comp:.1f} | {f / 1e9:.3f} | {rate / 1e9:.1f} | "

@@ -12,10 +12,10 @@ from typing import Dict, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax.training.train_state import TrainState
 
-from o2o_jax.networks import DensityRatio
+from o2o_jax import optim
+from o2o_jax.networks import DensityRatio, make
 
 DR_EPS = 1e-10
 DR_TEMPERATURE = 5.0
@@ -57,10 +57,10 @@ def create_dr_state(key: jax.Array, obs_dim: int, act_dim: int,
         raise ValueError(f"obs_dim and act_dim must be positive, got {obs_dim}, {act_dim}")
     if lr <= 0:
         raise ValueError(f"lr must be positive, got {lr}")
-    module = DensityRatio(hidden_dims=tuple(hidden_dims), activation=activation)
+    module = make(DensityRatio, hidden_dims=tuple(hidden_dims), activation=activation)
     params = jax.jit(module.init)(key, jnp.zeros((1, obs_dim), jnp.float32),
                                   jnp.zeros((1, act_dim), jnp.float32))["params"]
-    return TrainState.create(apply_fn=module.apply, params=params, tx=optax.adam(lr))
+    return TrainState.create(apply_fn=module.apply, params=params, tx=optim.adam(lr))
 
 
 def predict_ratio(state: TrainState, observations: jax.Array, actions: jax.Array,

@@ -8,6 +8,7 @@ import dataclasses
 from typing import Callable, Sequence
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 
 
@@ -64,12 +65,15 @@ class BatchedEnvs:
     store (obs, action, reward, next_obs, terminated) transitions directly.
     """
 
-    def __init__(self, name: str, num_envs: int, seed: int):
+    def __init__(self, name: str, num_envs: int, seed: int, seeds: Sequence[int] = None):
+        """Env i is reset with seed `seeds[i]` if given, else `seed + i`."""
+        seeds = [seed + i for i in range(num_envs)] if seeds is None else list(seeds)
         self.envs = [make_env(name) for _ in range(num_envs)]
-        self.obs = np.stack([e.reset(seed=seed + i)[0] for i, e in enumerate(self.envs)]
+        self.obs = np.stack([e.reset(seed=int(seeds[i]))[0] for i, e in enumerate(self.envs)]
                             ).astype(np.float32)
         self.episode_return = np.zeros(num_envs)
         self.episode_length = np.zeros(num_envs, np.int64)
+        self.last_returns = np.full(num_envs, np.nan)   # return of each env's last episode
 
     @property
     def num_envs(self) -> int:
@@ -92,6 +96,7 @@ class BatchedEnvs:
         for i, env in enumerate(self.envs):
             if terminated[i] or truncated[i]:
                 finished.append(float(self.episode_return[i]))
+                self.last_returns[i] = self.episode_return[i]
                 self.episode_return[i] = 0.0
                 self.episode_length[i] = 0
                 self.obs[i] = env.reset()[0]
@@ -104,6 +109,70 @@ class BatchedEnvs:
         for e in self.envs:
             e.close()
 
+    # --- checkpointing: enough to continue every episode exactly where it was ---
+    def get_state(self) -> dict:
+        per_env = []
+        for env in self.envs:
+            u = env.unwrapped
+            sim = np.empty(mujoco.mj_stateSize(u.model, mujoco.mjtState.mjSTATE_INTEGRATION))
+            mujoco.mj_getState(u.model, u.data, sim, mujoco.mjtState.mjSTATE_INTEGRATION)
+            per_env.append({"sim": sim, "elapsed": _time_limit(env)._elapsed_steps,
+                            "np_random": u.np_random.bit_generator.state})
+        return {"envs": per_env, "obs": self.obs.copy(),
+                "episode_return": self.episode_return.copy(),
+                "episode_length": self.episode_length.copy(),
+                "last_returns": self.last_returns.copy()}
+
+    def set_state(self, state: dict) -> None:
+        if len(state["envs"]) != self.num_envs:
+            raise ValueError(f"env state holds {len(state['envs'])} envs, expected "
+                             f"{self.num_envs}")
+        for env, st in zip(self.envs, state["envs"]):
+            u = env.unwrapped
+            mujoco.mj_setState(u.model, u.data, st["sim"], mujoco.mjtState.mjSTATE_INTEGRATION)
+            mujoco.mj_forward(u.model, u.data)
+            _time_limit(env)._elapsed_steps = st["elapsed"]
+            u.np_random.bit_generator.state = st["np_random"]
+        self.obs = state["obs"].copy()
+        self.episode_return = state["episode_return"].copy()
+        self.episode_length = state["episode_length"].copy()
+        self.last_returns = state["last_returns"].copy()
+
+
+def _time_limit(env):
+    w = env
+    while not isinstance(w, gym.wrappers.TimeLimit):
+        w = w.env
+    return w
+
+
+def evaluate_seeds(policy_fn: Callable[[np.ndarray], np.ndarray], name: str,
+                   num_episodes: int, seeds: Sequence[int]) -> np.ndarray:
+    """Returns [S, E] of E complete episodes per seed, all S*E episodes side by side.
+
+    `policy_fn` maps [S, E, obs_dim] to [S, E, act_dim] (one batched call per env step;
+    finished episodes keep their last observation and their actions are ignored).
+    Episode e of seed s is reset with seed `seeds[s] + e`.
+    """
+    num_seeds = len(seeds)
+    envs = [[make_env(name) for _ in range(num_episodes)] for _ in range(num_seeds)]
+    obs = np.stack([np.stack([e.reset(seed=int(seeds[s]) + i)[0] for i, e in enumerate(row)])
+                    for s, row in enumerate(envs)]).astype(np.float32)
+    returns = np.zeros((num_seeds, num_episodes))
+    active = np.ones((num_seeds, num_episodes), bool)
+    while active.any():
+        actions = np.asarray(policy_fn(obs))
+        for s, i in zip(*np.nonzero(active)):
+            o, r, term, trunc, _ = envs[s][i].step(actions[s, i])
+            obs[s, i] = o
+            returns[s, i] += r
+            if term or trunc:
+                active[s, i] = False
+    for row in envs:
+        for e in row:
+            e.close()
+    return returns
+
 
 def evaluate(policy_fn: Callable[[np.ndarray], np.ndarray], name: str, num_episodes: int,
              seed: int) -> np.ndarray:
@@ -113,18 +182,5 @@ def evaluate(policy_fn: Callable[[np.ndarray], np.ndarray], name: str, num_episo
     being fed their last observation; their actions are ignored). Episode i is reset with
     seed `seed + i`, so evaluations are reproducible.
     """
-    envs = [make_env(name) for _ in range(num_episodes)]
-    obs = np.stack([e.reset(seed=seed + i)[0] for i, e in enumerate(envs)]).astype(np.float32)
-    returns = np.zeros(num_episodes)
-    active = np.ones(num_episodes, bool)
-    while active.any():
-        actions = np.asarray(policy_fn(obs))
-        for i in np.flatnonzero(active):
-            o, r, term, trunc, _ = envs[i].step(actions[i])
-            obs[i] = o
-            returns[i] += r
-            if term or trunc:
-                active[i] = False
-    for e in envs:
-        e.close()
-    return returns
+    return evaluate_seeds(lambda o: np.asarray(policy_fn(o[0]))[None], name, num_episodes,
+                          [seed])[0]

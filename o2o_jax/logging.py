@@ -28,6 +28,17 @@ class MetricsCSV:
                 self.columns = list(reader.fieldnames or [])
                 self.rows = list(reader)
 
+    def truncate(self, num_rows: int):
+        """Keep the first `num_rows` rows (resume: drop rows logged after the checkpoint)."""
+        self.rows = self.rows[:num_rows]
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, self.columns, restval="")
+            if self.columns:
+                w.writeheader()
+            w.writerows(self.rows)
+        os.replace(tmp, self.path)
+
     def write(self, row: Dict[str, float]):
         row = {k: (v if isinstance(v, str) else to_scalar(v)) for k, v in row.items()}
         new_cols = [k for k in row if k not in self.columns]
@@ -48,8 +59,11 @@ class MetricsCSV:
 class Progress:
     """A one-line progress report with rate and ETA, printed at most every `every` s."""
 
-    def __init__(self, total: int, desc: str, every: float = 2.0, stream=sys.stderr):
+    def __init__(self, total: int, desc: str, every: float = 2.0, stream=sys.stderr,
+                 initial: int = 0):
+        """`initial`: work already done before this process (resume); excluded from rate."""
         self.total, self.desc, self.every, self.stream = total, desc, every, stream
+        self.initial = initial
         self.start = time.time()
         self.last = 0.0
         self.tty = hasattr(stream, "isatty") and stream.isatty()
@@ -60,7 +74,7 @@ class Progress:
             return
         self.last = now
         elapsed = now - self.start
-        rate = done / elapsed if elapsed > 0 else 0.0
+        rate = (done - self.initial) / elapsed if elapsed > 0 else 0.0
         eta = (self.total - done) / rate if rate > 0 else math.inf
         frac = done / max(self.total, 1)
         bar = "#" * int(20 * frac) + "-" * (20 - int(20 * frac))

@@ -6,12 +6,30 @@ made by stacking parameter pytrees on a leading axis and `jax.vmap`-ing apply.
 """
 from typing import Callable, Optional, Sequence
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 ACTIVATIONS = {"relu": nn.relu, "tanh": nn.tanh, "gelu": nn.gelu, "elu": nn.elu,
                "silu": nn.silu}
+
+
+@functools.lru_cache(maxsize=None)
+def _cached(cls, frozen_kwargs):
+    return cls(**dict(frozen_kwargs))
+
+
+def make(cls, **kwargs) -> nn.Module:
+    """`cls(**kwargs)`, the same instance for the same settings.
+
+    Agents keep `module.apply` as a static part of their pytrees; modules compare by
+    identity, so equal settings must give the same instance for states to be stackable
+    (members, seeds) and for jit to reuse its compilations.
+    """
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+    return _cached(cls, tuple(sorted(kwargs.items())))
 
 
 def get_activation(name: str) -> Callable:

@@ -36,17 +36,24 @@ def members_step(members, data, key: jax.Array, batch_size: int, update_fn=cql.u
     return jax.vmap(step, in_axes=(0, None, 0))(members, data, keys)
 
 
-def make_train_chunk(num_steps: int, batch_size: int, update_fn=cql.update):
+def train_chunk(members, data, key, num_steps: int, batch_size: int, update_fn=cql.update):
+    """`num_steps` updates of all members (lax.scan); info averaged over steps, per member."""
+    def body(m, k):
+        return members_step(m, data, k, batch_size, update_fn)
+
+    members, infos = jax.lax.scan(body, members, jax.random.split(key, num_steps))
+    return members, jax.tree_util.tree_map(lambda x: jnp.mean(x, axis=0), infos)
+
+
+def make_train_chunk(num_steps: int, batch_size: int, update_fn=cql.update,
+                     seed_axis: bool = False):
     """jit((members, data, key) -> (members, info)): `num_steps` updates in one call.
 
-    `info` holds each metric averaged over the chunk, per member ([N]).
+    With `seed_axis`, members and key carry a leading seed axis [S, ...] and the dataset is
+    shared by all seeds (vmap with in_axes=None: one copy in memory). State is donated.
     """
-
-    def chunk(members, data, key):
-        def body(m, k):
-            return members_step(m, data, k, batch_size, update_fn)
-
-        members, infos = jax.lax.scan(body, members, jax.random.split(key, num_steps))
-        return members, jax.tree_util.tree_map(lambda x: jnp.mean(x, axis=0), infos)
-
+    chunk = functools.partial(train_chunk, num_steps=num_steps, batch_size=batch_size,
+                              update_fn=update_fn)
+    if seed_axis:
+        chunk = jax.vmap(chunk, in_axes=(0, None, 0))
     return jax.jit(chunk, donate_argnums=0)

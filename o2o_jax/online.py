@@ -10,6 +10,7 @@
 `make_train_epoch` scans it K times in one call with the state donated.
 """
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -83,19 +84,24 @@ def online_step(state: OnlineState, offline_data, key: jax.Array, cfg: StepConfi
     return OnlineState(agent=agent, dr=dr_state, replay=replay), info
 
 
-def make_train_epoch(num_steps: int, cfg: StepConfig):
+def train_epoch(state: OnlineState, offline_data, key, num_steps: int, cfg: StepConfig):
+    """`num_steps` fused steps (lax.scan); info averaged over the steps."""
+    def body(s, k):
+        return online_step(s, offline_data, k, cfg)
+
+    state, infos = jax.lax.scan(body, state, jax.random.split(key, num_steps))
+    return state, jax.tree_util.tree_map(lambda x: jnp.mean(x, axis=0), infos)
+
+
+def make_train_epoch(num_steps: int, cfg: StepConfig, seed_axis: bool = False):
     """jit((state, offline_data, key) -> (state, info)): `num_steps` fused steps, one call.
 
-    `info` holds each metric averaged over the steps.
+    With `seed_axis`, state and key carry a leading seed axis and the offline data are
+    shared by all seeds (in_axes=None). State is donated.
     """
-
-    def epoch(state, offline_data, key):
-        def body(s, k):
-            return online_step(s, offline_data, k, cfg)
-
-        state, infos = jax.lax.scan(body, state, jax.random.split(key, num_steps))
-        return state, jax.tree_util.tree_map(lambda x: jnp.mean(x, axis=0), infos)
-
+    epoch = functools.partial(train_epoch, num_steps=num_steps, cfg=cfg)
+    if seed_axis:
+        epoch = jax.vmap(epoch, in_axes=(0, None, 0))
     return jax.jit(epoch, donate_argnums=0)
 
 

@@ -1,25 +1,98 @@
-"""The experiment pipeline behind `python -m experiments.train`: dataset, offline
-pretraining of the N CQL members, then online fine-tuning. Writes a run directory.
+"""The experiment pipeline behind `python -m experiments.train`.
+
+dataset -> offline pretraining of N members -> online fine-tuning, for S seeds at once.
+
+Every piece of training state carries a leading seed axis [S, ...] (S = `num_seeds`,
+S = 1 included), and seed i of a run is driven by PRNGKey(cfg.seed + i): its parameters,
+minibatches, buffers and environments are exactly those of a single-seed run with
+`seed = cfg.seed + i`. The offline dataset is held once and shared by all seeds. With
+several devices the seed axis is sharded across them (`jax.sharding`).
+
+The run directory holds config.json, metrics.csv (one row per seed per log point),
+summary.json, offline_members/ (the pretrained members) and checkpoints/ (full training
+state, the last `checkpoint.keep` of them); re-running into the same directory resumes.
 """
+import dataclasses
+import glob
 import json
 import os
+import pickle
+import shutil
 import time
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from o2o_jax import checkpoints, config_checks, envs, offline, online
+from o2o_jax import checkpoints, config_checks, envs, offline, online, stats
+from o2o_jax.agents import actor_critic as ac
 from o2o_jax.agents import ensemble
 from o2o_jax.logging import Progress, RunDir, to_scalar
 from o2o_jax.replay import buffers
 
+# Env seeds of seed s: collection envs 30_000 + s; eval episode e: base + 1_000 s + e.
+OFFLINE_EVAL_SEED, ONLINE_EVAL_SEED, COLLECT_SEED = 10_000, 20_000, 30_000
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def stack(trees):
+    return jax.tree_util.tree_map(lambda *x: jnp.stack(x), *trees)
+
+
+def unstack(tree, i):
+    return jax.tree_util.tree_map(lambda x: x[i], tree)
+
+
+def split_each(keys: jax.Array, num: int):
+    """keys [S, 2] -> `num` arrays [S, 2]: split each seed's key independently."""
+    parts = jax.vmap(lambda k: jax.random.split(k, num))(keys)
+    return [parts[:, i] for i in range(num)]
+
+
+def seed_list(cfg):
+    return [cfg.seed + i for i in range(cfg.num_seeds)]
+
 
 def run_path(cfg) -> str:
-    name = cfg.run_name or (f"{cfg.env}-{cfg.dataset.kind}-{cfg.algo}-seed{cfg.seed}-"
-                            f"{time.strftime('%Y%m%d-%H%M%S')}")
-    return os.path.join(cfg.run_dir, name)
+    if cfg.run_name:
+        return os.path.join(cfg.run_dir, cfg.run_name)
+    prefix = f"{cfg.env}-{cfg.dataset.kind}-{cfg.algo}-seed{cfg.seed}"
+    if cfg.resume:   # continue the newest run of this experiment
+        found = sorted(glob.glob(os.path.join(cfg.run_dir, prefix + "-*")))
+        if found:
+            return found[-1]
+    return os.path.join(cfg.run_dir, f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}")
 
+
+class Sharder:
+    """Places seed-stacked state on a device mesh over the seed axis (identity on 1 device)."""
+
+    def __init__(self, num_seeds: int, enabled: bool = True):
+        devices = jax.devices()
+        self.mesh = None
+        if enabled and len(devices) > 1:
+            usable = max(d for d in range(1, len(devices) + 1) if num_seeds % d == 0)
+            if usable > 1:
+                self.mesh = Mesh(np.array(devices[:usable]), ("seed",))
+            if usable < len(devices):
+                print(f"[shard] {num_seeds} seeds over {usable} of {len(devices)} devices "
+                      "(num_seeds should be a multiple of the device count to use them all)")
+
+    def seeds(self, tree):
+        if self.mesh is None:
+            return tree
+        return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec("seed")))
+
+    def shared(self, tree):
+        if self.mesh is None:
+            return tree
+        return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec()))
+
+
+# ----------------------------------------------------------------------------- data
 
 def load_dataset(cfg, obs_dim: int, act_dim: int):
     from o2o_jax import data
@@ -27,8 +100,7 @@ def load_dataset(cfg, obs_dim: int, act_dim: int):
         dataset = data.load(cfg.dataset.id or data.default_id(cfg.env, cfg.dataset.kind),
                             cfg.env)
     else:
-        budget = {k: v for k, v in cfg.dataset.build_budget.items()
-                  if v is not None} if "build_budget" in cfg.dataset else {}
+        budget = {k: v for k, v in cfg.dataset.build_budget.items() if v is not None}
         dataset = data.ensure(cfg.env, cfg.dataset.kind, dataset_id=cfg.dataset.id,
                               build_transitions=cfg.dataset.build_transitions,
                               seed=cfg.dataset.build_seed, **budget)
@@ -44,55 +116,138 @@ def device_arrays(dataset):
     return {k: jnp.asarray(dataset.arrays[k], jnp.float32) for k in offline.TRANSITION_KEYS}
 
 
-@jax.jit
-def _members_mode(members, obs):
-    return ensemble.members_policy_ensemble(members, obs)
+# ----------------------------------------------------------------------------- checkpoints
+
+def comparable_config(cfg) -> dict:
+    """The config a checkpoint must share with the run resuming it."""
+    d = json.loads(cfg.to_json_best_effort())
+    for k in ("resume", "run_dir", "run_name"):
+        d.pop(k, None)
+    d.get("checkpoint", {}).pop("keep", None)
+    return d
 
 
-def evaluate_members(members, cfg, episodes: int):
-    """Deterministic moment-matched ensemble policy of stacked members; raw returns."""
-    returns = envs.evaluate(lambda o: _members_mode(members, jnp.asarray(o)), cfg.env,
-                            episodes, seed=10_000 + 1_000 * cfg.seed)
-    return returns
+class CheckpointManager:
+    """<run>/checkpoints/<order>/: full state; keeps the newest `keep` complete ones."""
 
+    def __init__(self, root: str, keep: int, config: dict):
+        self.root, self.keep, self.config = root, keep, config
 
-def pretrain(members, data, cfg, run_dir: RunDir, key: jax.Array):
-    """Offline phase: cfg.offline.steps CQL updates per member, evaluating periodically."""
-    oc = cfg.offline
-    chunk_fns = {}
-    progress = Progress(oc.steps, "offline CQL")
-    step = 0
-    last_eval = None
-    while step < oc.steps:
-        next_eval = (step // oc.eval_interval + 1) * oc.eval_interval
-        k = min(oc.chunk, next_eval - step, oc.steps - step)
-        if k not in chunk_fns:
-            chunk_fns[k] = offline.make_train_chunk(k, oc.batch_size)
-        key, k_chunk = jax.random.split(key)
-        members, info = chunk_fns[k](members, data, k_chunk)
-        step += k
-        row = {"phase": "offline", "step": step, "env_steps": 0}
-        row.update({name: to_scalar(v) for name, v in info.items()})
-        if step % oc.eval_interval == 0 or step == oc.steps:
-            returns = evaluate_members(members, cfg, oc.eval_episodes)
-            last_eval = float(np.mean(returns))
-            row["eval_return"] = last_eval
-            row["normalized_score"] = float(envs.normalized_score(cfg.env, last_eval))
-        run_dir.log(row)
-        extra = f"critic {row['critic_loss']:.3g} q {row['q_data']:.3g}"
-        if last_eval is not None:
-            extra += f" | eval {last_eval:.1f} ({envs.normalized_score(cfg.env, last_eval):.1f})"
-        progress.update(step, extra)
-    return members, last_eval
+    def complete(self):
+        paths = sorted(glob.glob(os.path.join(self.root, "[0-9]" * 10)))
+        return [p for p in paths if os.path.exists(os.path.join(p, "meta.json"))]
+
+    def latest(self) -> Optional[dict]:
+        done = self.complete()
+        if not done:
+            return None
+        meta = checkpoints.read_meta(done[-1])
+        checkpoints.check_meta(done[-1], meta, {"config": self.config})
+        return {**meta, "path": done[-1]}
+
+    def save(self, order: int, tree, meta: dict, extra: Optional[dict] = None):
+        path = os.path.join(self.root, f"{order:010d}")
+        checkpoints.save(path, tree, {**meta, "config": self.config}, extra_files=extra)
+        for old in self.complete()[:-self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        for unfinished in sorted(glob.glob(os.path.join(self.root, "[0-9]" * 10))):
+            if unfinished < path and not os.path.exists(os.path.join(unfinished, "meta.json")):
+                shutil.rmtree(unfinished, ignore_errors=True)
+
+    def restore(self, latest: dict, template):
+        return checkpoints.restore(latest["path"], template, expect={"config": self.config})
 
 
 def members_meta(cfg, obs_dim: int, act_dim: int) -> dict:
-    """What must match for a members checkpoint to be reused."""
+    """What must match for an offline-members checkpoint to be reused."""
     a = cfg.agent
     return {"kind": "offline_members", "env": cfg.env, "obs_dim": obs_dim, "act_dim": act_dim,
-            "num_members": a.num_members, "hidden_dims": list(a.hidden_dims),
-            "activation": a.activation, "actor_layer_norm": a.actor_layer_norm,
-            "critic_layer_norm": a.critic_layer_norm}
+            "num_seeds": cfg.num_seeds, "num_members": a.num_members,
+            "hidden_dims": list(a.hidden_dims), "activation": a.activation,
+            "actor_layer_norm": a.actor_layer_norm, "critic_layer_norm": a.critic_layer_norm}
+
+
+# ----------------------------------------------------------------------------- phases
+
+@dataclasses.dataclass
+class Context:
+    cfg: object
+    run_dir: RunDir
+    ckpt: CheckpointManager
+    sharder: Sharder
+    data: dict
+    obs_dim: int
+    act_dim: int
+
+    @property
+    def seeds(self):
+        return seed_list(self.cfg)
+
+
+def per_seed_rows(base_row: dict, info: dict, seeds, extra_per_seed=None):
+    """One CSV row per seed; `info` values have a leading seed axis (members averaged)."""
+    rows = []
+    for s, seed in enumerate(seeds):
+        row = {**base_row, "seed": seed}
+        row.update({k: to_scalar(np.asarray(v)[s]) for k, v in info.items()})
+        for k, v in (extra_per_seed or {}).items():
+            row[k] = v[s]
+        rows.append(row)
+    return rows
+
+
+_members_mode = jax.jit(jax.vmap(ensemble.members_policy_ensemble))
+
+
+def evaluate_offline(ctx: Context, members):
+    seeds = [OFFLINE_EVAL_SEED + 1_000 * s for s in ctx.seeds]
+    return envs.evaluate_seeds(lambda o: _members_mode(members, jnp.asarray(o)), ctx.cfg.env,
+                               ctx.cfg.offline.eval_episodes, seeds)
+
+
+def pretrain(ctx: Context, members, key, start_step: int = 0):
+    """Offline phase: cfg.offline.steps updates per member per seed, evaluating and
+    checkpointing periodically. Returns (members, mean eval return per seed or None)."""
+    cfg, oc = ctx.cfg, ctx.cfg.offline
+    chunk_fns = {}
+    progress = Progress(oc.steps, "offline " + cfg.algo, initial=start_step)
+    step, last_eval = start_step, None
+    ckpt_every = cfg.checkpoint.every_offline_steps or oc.steps
+    while step < oc.steps:
+        next_eval = (step // oc.eval_interval + 1) * oc.eval_interval
+        next_ckpt = (step // ckpt_every + 1) * ckpt_every
+        k = min(oc.chunk, next_eval - step, next_ckpt - step, oc.steps - step)
+        if k not in chunk_fns:
+            chunk_fns[k] = offline.make_train_chunk(k, oc.batch_size, offline_update_fn(cfg),
+                                                    seed_axis=True)
+        key, k_chunk = split_each(key, 2)
+        members, info = chunk_fns[k](members, ctx.data, k_chunk)
+        step += k
+        extra = {}
+        if step % oc.eval_interval == 0 or step == oc.steps:
+            returns = evaluate_offline(ctx, members).mean(axis=1)
+            last_eval = returns
+            extra = {"eval_return": returns,
+                     "normalized_score": envs.normalized_score(cfg.env, returns)}
+        for row in per_seed_rows({"phase": "offline", "step": step, "env_steps": 0}, info,
+                                 ctx.seeds, extra):
+            ctx.run_dir.log(row)
+        msg = f"critic {to_scalar(info['critic_loss']):.3g} q {to_scalar(info['q_data']):.3g}"
+        if last_eval is not None:
+            msg += (f" | eval {np.mean(last_eval):.1f} "
+                    f"({np.mean(envs.normalized_score(cfg.env, last_eval)):.1f})")
+        progress.update(step, msg)
+        if step % ckpt_every == 0 and step < oc.steps:
+            ctx.ckpt.save(step, {"members": members, "key": key},
+                          {"phase": "offline", "step": step,
+                           "csv_rows": len(ctx.run_dir.metrics.rows),
+                           "last_eval": None if last_eval is None else list(last_eval)})
+    return members, last_eval
+
+
+def offline_update_fn(cfg):
+    from o2o_jax.agents import cql
+    return cql.update
 
 
 def step_config(cfg) -> online.StepConfig:
@@ -102,107 +257,177 @@ def step_config(cfg) -> online.StepConfig:
                              fifo_window=oc.fifo_capacity, cql=oc.cql_weight > 0)
 
 
-def finetune(members, data, cfg, run_dir: RunDir, key: jax.Array, obs_dim: int,
-             act_dim: int):
-    """Online phase (spec section 5): per epoch evaluate, collect, train."""
-    oc = cfg.online
-    k_init, key = jax.random.split(key)
-    state = online.init_state(members, data, k_init, oc, obs_dim, act_dim)
-    del members
+def init_online(ctx: Context, members, key):
+    """Per-seed online states (built one seed at a time), stacked on the seed axis."""
+    k_init = np.asarray(key)
+    states = [online.init_state(unstack(members, s), ctx.data, jnp.asarray(k_init[s]),
+                                ctx.cfg.online, ctx.obs_dim, ctx.act_dim)
+              for s in range(ctx.cfg.num_seeds)]
+    return stack(states)
+
+
+_act_stochastic = jax.jit(jax.vmap(ac.act))
+_act_deterministic = jax.jit(jax.vmap(lambda agent, obs: ac.act(agent, obs)))
+_add_online = jax.jit(jax.vmap(buffers.add_online), donate_argnums=0)
+_q_auroc = jax.jit(jax.vmap(online.q_auroc))
+
+
+def finetune(ctx: Context, state, key, start_epoch: int = 0, resume_meta=None):
+    """Online phase (spec section 5): per epoch evaluate, collect, train; S seeds at once."""
+    cfg, oc = ctx.cfg, ctx.cfg.online
     step_cfg = step_config(cfg)
     train_fns = {}
-    env = envs.BatchedEnvs(cfg.env, 1, seed=cfg.seed)
-    progress = Progress(oc.epochs, "online epochs")
-    eval_return = None
-    returns_seen = []
-    for epoch in range(oc.epochs + 1):
-        returns = envs.evaluate(
-            lambda o: online.act_deterministic(state.agent, jnp.asarray(o)), cfg.env,
-            oc.eval_episodes, seed=20_000 + 1_000 * cfg.seed)
-        eval_return = float(np.mean(returns))
-        row = {"phase": "online", "epoch": epoch, "env_steps": epoch * oc.env_steps_per_epoch,
-               "eval_return": eval_return,
-               "normalized_score": float(envs.normalized_score(cfg.env, eval_return))}
-        if epoch == oc.epochs:   # final evaluation after the last epoch's training
-            run_dir.log(row)
+    env = envs.BatchedEnvs(cfg.env, cfg.num_seeds, 0,
+                           seeds=[COLLECT_SEED + s for s in ctx.seeds])
+    recent = [[] for _ in ctx.seeds]           # last 10 training-episode returns per seed
+    if resume_meta is not None:
+        env.set_state(pickle.loads(checkpoints.read_extra(resume_meta["path"], "env_state.pkl")))
+        recent = resume_meta["recent_returns"]
+    progress = Progress(oc.epochs, "online " + cfg.online.replay, initial=start_epoch)
+    eval_seeds = [ONLINE_EVAL_SEED + 1_000 * s for s in ctx.seeds]
+    final = None
+    for epoch in range(start_epoch, oc.epochs + 1):
+        returns = envs.evaluate_seeds(
+            lambda o: _act_deterministic(state.agent, jnp.asarray(o)), cfg.env,
+            oc.eval_episodes, eval_seeds).mean(axis=1)
+        final = returns
+        base = {"phase": "online", "epoch": epoch, "step": epoch,
+                "env_steps": epoch * oc.env_steps_per_epoch}
+        extra = {"eval_return": returns,
+                 "normalized_score": envs.normalized_score(cfg.env, returns)}
+        if epoch == oc.epochs:   # the final evaluation, after the last epoch's training
+            for row in per_seed_rows(base, {}, ctx.seeds, extra):
+                ctx.run_dir.log(row)
             break
-        # Collect with the stochastic ensemble policy.
+        # Collect: one batched policy call per env step for all seeds.
+        key, k_collect, k_auc, k_train = split_each(key, 4)
+        step_keys = np.asarray(jax.vmap(
+            lambda k: jax.random.split(k, oc.env_steps_per_epoch))(k_collect))
         steps = []
-        for _ in range(oc.env_steps_per_epoch):
-            key, k_act = jax.random.split(key)
-            action = np.asarray(online.act_stochastic(state.agent, jnp.asarray(env.obs), k_act))
-            transition, finished = env.step(action)
+        for t in range(oc.env_steps_per_epoch):
+            action = _act_stochastic(state.agent, jnp.asarray(env.obs[:, None]),
+                                     jnp.asarray(step_keys[:, t]))
+            transition, _ = env.step(np.asarray(action)[:, 0])
             steps.append(transition)
-            returns_seen += finished
-        new = {k: jnp.asarray(np.concatenate([t[k] for t in steps]))
+            for s in np.flatnonzero(env.episode_length == 0):   # episodes that just ended
+                recent[s] = (recent[s] + [float(env.last_returns[s])])[-10:]
+        new = {k: jnp.asarray(np.stack([t[k] for t in steps], axis=1))
                for k in offline.TRANSITION_KEYS}
-        state = state.replace(replay=online_add(state.replay, new))
-        key, k_auc = jax.random.split(key)
-        row["q_auroc"] = float(online.q_auroc(state.agent, new["observations"], new["actions"],
-                                              k_auc))
-        # Train.
+        state = state.replace(replay=_add_online(state.replay, new))
+        auroc = np.asarray(_q_auroc(state.agent, new["observations"], new["actions"], k_auc))
+        # Train: one compiled call for the whole epoch, all seeds.
         num_updates = oc.updates_per_epoch * (oc.first_epoch_multiplier if epoch == 0 else 1)
         if num_updates not in train_fns:
-            train_fns[num_updates] = online.make_train_epoch(num_updates, step_cfg)
-        key, k_train = jax.random.split(key)
-        state, info = train_fns[num_updates](state, data, k_train)
-        row.update({name: to_scalar(v) for name, v in info.items()})
-        row["train_episode_return"] = float(np.mean(returns_seen[-10:])) if returns_seen else ""
-        row["step"] = epoch + 1
-        run_dir.log(row)
-        progress.update(epoch + 1, f"eval {eval_return:.1f} "
-                                   f"({envs.normalized_score(cfg.env, eval_return):.1f}) "
-                                   f"offline frac {row['offline_fraction']:.2f}")
+            train_fns[num_updates] = online.make_train_epoch(num_updates, step_cfg,
+                                                             seed_axis=True)
+        state, info = train_fns[num_updates](state, ctx.data, k_train)
+        extra.update({"q_auroc": auroc,
+                      "train_episode_return": [np.mean(r) if r else "" for r in recent]})
+        for row in per_seed_rows(base, info, ctx.seeds, extra):
+            ctx.run_dir.log(row)
+        progress.update(epoch + 1, f"eval {np.mean(returns):.1f} "
+                                   f"({np.mean(envs.normalized_score(cfg.env, returns)):.1f}) "
+                                   f"offline frac {to_scalar(info['offline_fraction']):.2f}")
+        every = cfg.checkpoint.every_online_epochs
+        if every and (epoch + 1) % every == 0 and epoch + 1 < oc.epochs:
+            ctx.ckpt.save(cfg.offline.steps + epoch + 1, {"state": state, "key": key},
+                          {"phase": "online", "epoch": epoch + 1,
+                           "csv_rows": len(ctx.run_dir.metrics.rows), "recent_returns": recent},
+                          extra={"env_state.pkl": pickle.dumps(env.get_state())})
     env.close()
-    return state, eval_return
+    return state, final
 
 
-online_add = jax.jit(buffers.add_online, donate_argnums=0)
+# ----------------------------------------------------------------------------- run
+
+def create_members(ctx: Context, key):
+    cfg = ctx.cfg
+    members = stack([ensemble.create_members(k, ctx.obs_dim, ctx.act_dim, cfg.agent,
+                                             cfg.agent.num_members)
+                     for k in jnp.asarray(key)])
+    return members
 
 
 def run(cfg) -> dict:
     """Run the whole experiment described by `cfg`; returns the summary dict."""
     config_checks.check(cfg)
     obs_dim, act_dim = envs.env_dims(cfg.env)
-    run_dir = RunDir(run_path(cfg), cfg.to_json_best_effort(indent=2))
-    print(f"run directory: {run_dir.path}")
+    path = run_path(cfg)
+    ckpt = CheckpointManager(os.path.join(path, "checkpoints"), cfg.checkpoint.keep,
+                             comparable_config(cfg))
+    latest = ckpt.latest() if os.path.isdir(path) else None
+    run_dir = RunDir(path, cfg.to_json_best_effort(indent=2))
+    print(f"run directory: {run_dir.path}" + (f" (resuming from {latest['path']})"
+                                              if latest else ""))
+    run_dir.metrics.truncate(latest["csv_rows"] if latest else 0)
     dataset = load_dataset(cfg, obs_dim, act_dim)
-    data = device_arrays(dataset)
-    print(f"dataset {dataset.dataset_id}: {dataset.num_transitions} transitions; "
-          f"device {jax.devices()[0].platform}")
-    key = jax.random.PRNGKey(cfg.seed)
-    k_init, k_offline, k_online = jax.random.split(key, 3)
-    members = ensemble.create_members(k_init, obs_dim, act_dim, cfg.agent,
-                                      cfg.agent.num_members)
+    sharder = Sharder(cfg.num_seeds, cfg.shard_seeds)
+    ctx = Context(cfg, run_dir, ckpt, sharder, sharder.shared(device_arrays(dataset)),
+                  obs_dim, act_dim)
+    print(f"dataset {dataset.dataset_id}: {dataset.num_transitions} transitions (held once "
+          f"for {cfg.num_seeds} seed(s)); devices: {jax.devices()}")
+
+    keys = jnp.stack([jax.random.PRNGKey(s) for s in ctx.seeds])
+    k_init, k_offline, k_online = split_each(keys, 3)
+    members = sharder.seeds(create_members(ctx, k_init))
     t0 = time.time()
-    meta = members_meta(cfg, obs_dim, act_dim)
     offline_return = None
-    if cfg.online.load_offline_from:
-        members = checkpoints.restore(cfg.online.load_offline_from, members, expect=meta)
-        print(f"loaded offline members from {cfg.online.load_offline_from}; "
-              "skipping pretraining")
+    phase = latest["phase"] if latest else None
+    if phase == "online":
+        pass   # members are inside the online checkpoint
+    elif cfg.online.load_offline_from:
+        members = sharder.seeds(checkpoints.restore(
+            cfg.online.load_offline_from, members,
+            expect=members_meta(cfg, obs_dim, act_dim)))
+        print(f"loaded offline members from {cfg.online.load_offline_from}; skipping "
+              "pretraining")
     else:
-        members, offline_return = pretrain(members, data, cfg, run_dir, k_offline)
-        if cfg.offline.save_members:
-            checkpoints.save(os.path.join(run_dir.path, "offline_members"), members, meta)
+        start = 0
+        if phase == "offline":
+            restored = ckpt.restore(latest, {"members": members, "key": k_offline})
+            members, k_offline = sharder.seeds(restored["members"]), restored["key"]
+            start = latest["step"]
+        members, offline_return = pretrain(ctx, members, k_offline, start)
+        if cfg.offline.save_members and cfg.offline.steps > 0:
+            checkpoints.save(os.path.join(run_dir.path, "offline_members"), members,
+                             members_meta(cfg, obs_dim, act_dim))
     offline_time = time.time() - t0
+
     t0 = time.time()
     online_return = None
     if cfg.online.epochs > 0:
-        _, online_return = finetune(members, data, cfg, run_dir, k_online, obs_dim, act_dim)
-    summary = {
-        "run_dir": run_dir.path, "env": cfg.env, "dataset": dataset.dataset_id,
-        "num_members": cfg.agent.num_members, "offline_steps": cfg.offline.steps,
-        "offline_time_s": offline_time, "online_time_s": time.time() - t0,
-        "replay": cfg.online.replay, "online_env_steps":
-            cfg.online.epochs * cfg.online.env_steps_per_epoch,
-        "final_eval_return": online_return,
-        "final_normalized_score": (None if online_return is None else
-                                   float(envs.normalized_score(cfg.env, online_return))),
-        "offline_eval_return": offline_return,
-        "offline_normalized_score": (None if offline_return is None else
-                                     float(envs.normalized_score(cfg.env, offline_return))),
-    }
+        k_state, k_loop = split_each(k_online, 2)
+        state = init_online(ctx, members, k_state)
+        start_epoch, resume_meta = 0, None
+        if phase == "online":
+            restored = ckpt.restore(latest, {"state": state, "key": k_loop})
+            state, k_loop = restored["state"], restored["key"]
+            start_epoch, resume_meta = latest["epoch"], latest
+        state = sharder.seeds(state)
+        del members
+        _, online_return = finetune(ctx, state, k_loop, start_epoch, resume_meta)
+    summary = summarize(cfg, dataset, offline_return, online_return, offline_time,
+                        time.time() - t0, run_dir.path)
     run_dir.write_summary(summary)
     print(json.dumps(summary, indent=2))
     return summary
+
+
+def summarize(cfg, dataset, offline_return, online_return, offline_time, online_time,
+              path) -> dict:
+    def scores(returns):
+        if returns is None:
+            return None
+        norm = np.asarray(envs.normalized_score(cfg.env, np.asarray(returns)))
+        return {"per_seed_return": [float(r) for r in returns],
+                "per_seed_normalized": [float(x) for x in norm],
+                "normalized": stats.summarize(norm)}
+
+    return {
+        "run_dir": path, "env": cfg.env, "algo": cfg.algo, "dataset": dataset.dataset_id,
+        "seeds": seed_list(cfg), "num_members": cfg.agent.num_members,
+        "offline_steps": cfg.offline.steps, "replay": cfg.online.replay,
+        "online_env_steps": cfg.online.epochs * cfg.online.env_steps_per_epoch,
+        "offline_time_s": offline_time, "online_time_s": online_time,
+        "offline": scores(offline_return), "final": scores(online_return),
+    }

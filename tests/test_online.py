@@ -1,7 +1,6 @@
 """The fused online step against the same step computed piece by piece, outside it."""
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 

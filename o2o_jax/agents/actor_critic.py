@@ -23,7 +23,7 @@ from flax import struct
 from flax.training.train_state import TrainState
 
 from o2o_jax import distributions as dist
-from o2o_jax import networks
+from o2o_jax import networks, optim
 
 Params = Any
 
@@ -52,40 +52,39 @@ class ActorCritic(struct.PyTreeNode):
         return self.temp.apply_fn({"params": self.temp.params})
 
 
-def _adam(lr: float) -> optax.GradientTransformation:
-    return optax.adam(lr)
-
-
 def create(key: jax.Array, obs_dim: int, act_dim: int, cfg) -> ActorCritic:
     """Initialise one agent from an agent config (see configs/base.py `agent` section)."""
     k_actor, k_critic = jax.random.split(key)
     hidden = tuple(cfg.hidden_dims)
-    actor_def = networks.TanhGaussianActor(
-        action_dim=act_dim, hidden_dims=hidden, activation=cfg.activation,
-        layer_norm=cfg.actor_layer_norm, log_std_min=cfg.log_std_min,
-        log_std_max=cfg.log_std_max, mean_clip=cfg.mean_clip)
-    critic_def = networks.TwinCritic(hidden_dims=hidden, activation=cfg.activation,
-                                     layer_norm=cfg.critic_layer_norm, num_qs=2)
+    actor_def = networks.make(
+        networks.TanhGaussianActor, action_dim=act_dim, hidden_dims=hidden,
+        activation=cfg.activation, layer_norm=cfg.actor_layer_norm,
+        log_std_min=float(cfg.log_std_min), log_std_max=float(cfg.log_std_max),
+        mean_clip=cfg.mean_clip)
+    critic_def = networks.make(networks.TwinCritic, hidden_dims=hidden,
+                               activation=cfg.activation, layer_norm=cfg.critic_layer_norm,
+                               num_qs=2)
     obs = jnp.zeros((1, obs_dim), jnp.float32)
     act = jnp.zeros((1, act_dim), jnp.float32)
     actor_params = actor_def.init(k_actor, obs)["params"]
     critic_params = critic_def.init(k_critic, obs, act)["params"]
-    temp_def = networks.Temperature(cfg.init_temperature)
-    cql_alpha_def = networks.Temperature(cfg.cql_lagrange_init)
+    temp_def = networks.make(networks.Temperature, initial_value=float(cfg.init_temperature))
+    cql_alpha_def = networks.make(networks.Temperature,
+                                  initial_value=float(cfg.cql_lagrange_init))
     target_entropy = (-float(act_dim) if cfg.target_entropy is None
                       else float(cfg.target_entropy))
     return ActorCritic(
         actor=TrainState.create(apply_fn=actor_def.apply, params=actor_params,
-                                tx=_adam(cfg.actor_lr)),
+                                tx=optim.adam(cfg.actor_lr)),
         critic=TrainState.create(apply_fn=critic_def.apply, params=critic_params,
-                                 tx=_adam(cfg.critic_lr)),
+                                 tx=optim.adam(cfg.critic_lr)),
         target_critic_params=critic_params,
         temp=TrainState.create(apply_fn=temp_def.apply,
                                params=temp_def.init(jax.random.PRNGKey(0))["params"],
-                               tx=_adam(cfg.temp_lr)),
+                               tx=optim.adam(cfg.temp_lr)),
         cql_alpha=TrainState.create(apply_fn=cql_alpha_def.apply,
                                     params=cql_alpha_def.init(jax.random.PRNGKey(0))["params"],
-                                    tx=_adam(cfg.cql_lagrange_lr)),
+                                    tx=optim.adam(cfg.cql_lagrange_lr)),
         members=0,
         discount=float(cfg.discount),
         tau=float(cfg.tau),

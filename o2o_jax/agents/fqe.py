@@ -1,0 +1,102 @@
+"""Fitted Q evaluation (Le et al. 2019) of a fixed policy, for the FQE-init analysis.
+
+Lee et al. section 3.3: a CQL-pretrained policy pi_phi is kept, its pessimistic critics are
+replaced by the non-pessimistic Q^pi learned by FQE, and {pi_phi, Q_FQE} is fine-tuned with
+SAC like {pi_phi, Q_CQL}. On the `ActorCritic` state:
+
+* `reset_critics(agent, key, cfg)`: fresh critics (and target = critic, fresh Adam state)
+  for a single agent, N stacked single agents, or an ensemble agent; the actor is kept.
+* `update(agent, batch, key)`: the critic step only,
+    y = r + gamma (1 - d) min_j Qbar_j(s', a'),  a' ~ pi(.|s')  (one sample, no gradient),
+    loss = sum_j mean_b (Q_j(s, a) - y)^2,
+  then Polyak targets. No entropy term (whatever the agent's `backup_entropy`), no CQL
+  term, and the actor and temperature are left untouched (bit-identical). For an ensemble
+  agent pi is the moment-matched pi_E and each member bootstraps from its own target pair.
+
+Key derivation: `update` passes its key to `sac.critic_loss` (which splits off k_target
+for a' ~ pi(.|s')).
+"""
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax.training.train_state import TrainState
+
+from o2o_jax.agents import actor_critic as ac
+from o2o_jax.agents import sac
+from o2o_jax.agents.actor_critic import ActorCritic
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """FQE's own knobs (the critic architecture comes from the agent config)."""
+    c = ml_collections.ConfigDict()
+    c.steps = 250_000        # FQE gradient steps per member (our choice; the paper gives none)
+    # The FQE critic's learning rate, width and gamma/tau are the agent config's
+    # (critic_lr, hidden_dims, discount, tau): reset_critics reads the agent config.
+    return c
+
+
+def _evaluation_agent(agent: ActorCritic) -> ActorCritic:
+    """The agent as FQE sees it: deterministic backup, no CQL penalty."""
+    return agent.replace(backup_entropy=False, cql_weight=0.0)
+
+
+def td_targets(agent: ActorCritic, batch, key: jax.Array) -> jax.Array:
+    """FQE targets y, [B] (single) or [N, B] (ensemble)."""
+    return sac.td_targets(_evaluation_agent(agent), batch, key)
+
+
+def critic_loss(critic_params, agent: ActorCritic, batch, key: jax.Array):
+    return sac.critic_loss(critic_params, _evaluation_agent(agent), batch, key)
+
+
+def update(agent: ActorCritic, batch, key: jax.Array):
+    """One FQE step: critic gradient at the pre-update parameters, then Polyak targets."""
+    (_, info), grads = jax.value_and_grad(critic_loss, has_aux=True)(
+        agent.critic.params, agent, batch, key)
+    new_agent = agent.replace(critic=agent.critic.apply_gradients(grads=grads))
+    return ac.soft_update(new_agent), info
+
+
+# ---------------------------------------------------------------------------------------
+# Fresh critics for a pretrained agent.
+# ---------------------------------------------------------------------------------------
+
+def _dims(agent: ActorCritic):
+    """(num_stacked or 0, obs_dim, act_dim) read off the parameter shapes."""
+    mean_kernel = agent.actor.params["mean"]["kernel"]
+    act_dim = mean_kernel.shape[-1]
+    first = agent.critic.params["VmapCritic_0"]["MLP_0"]["Dense_0"]["kernel"]  # [.., 2, in, h]
+    obs_dim = first.shape[-2] - act_dim
+    stacked = mean_kernel.shape[0] if mean_kernel.ndim == 3 else 0
+    return stacked, obs_dim, act_dim
+
+
+def _copy(tree):
+    # vmap / jit may return one buffer for equal outputs (critic == target); give every
+    # leaf its own buffer so the state can be donated.
+    return jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), tree)
+
+
+def reset_critics(agent: ActorCritic, key: jax.Array, cfg) -> ActorCritic:
+    """Re-initialise critics and targets (and the critic optimiser) of a pretrained agent.
+
+    `cfg` is the agent config (hidden_dims, activation, critic_layer_norm, critic_lr).
+    Works on a single agent, N stacked single agents (offline members: member i gets
+    critic init from `ac.create(split(key, N)[i], ...)`), and an ensemble agent
+    (members == N, same per-member keys, one optimizer step counter).
+    """
+    stacked, obs_dim, act_dim = _dims(agent)
+
+    def fresh_critic(k):
+        return ac.create(k, obs_dim, act_dim, cfg).critic
+
+    if stacked == 0:
+        critic = jax.jit(fresh_critic)(key)
+    else:
+        keys = jax.random.split(key, stacked)
+        critic = jax.jit(jax.vmap(fresh_critic))(keys)
+        if agent.members > 0:   # ensemble agent: one TrainState over stacked parameters
+            critic = TrainState.create(apply_fn=critic.apply_fn, params=critic.params,
+                                       tx=critic.tx)
+    critic = _copy(critic)
+    return agent.replace(critic=critic, target_critic_params=_copy(critic.params))

@@ -1,0 +1,324 @@
+"""Reading run directories back: config, metrics, learning curves, grouping of runs.
+
+A run directory (written by `python -m experiments.train`) holds `config.json`,
+`metrics.csv` and (when finished) `summary.json`. numpy + csv only (no pandas, no jax).
+
+Metrics are held column-wise: `run.metrics[column]` is a float array with NaN for empty
+cells, except for text columns (`phase`), which are str arrays. Online rows are indexed
+by `env_steps` (online env steps so far; the row's evaluation happened at that point),
+offline rows by `step` (offline gradient steps). A `seed` column, when present, splits
+the rows of a multi-seed (vmapped) run; without it (or where it is empty) the seed is 0.
+"""
+import csv
+import glob
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+METRICS_FILE = "metrics.csv"
+CONFIG_FILE = "config.json"
+SUMMARY_FILE = "summary.json"
+
+# Config fields read with a default when absent (older or hand-written configs).
+CONFIG_DEFAULTS = {"num_seeds": 1, "seed": 0}
+
+# The index ("x") column of each phase.
+PHASE_X = {"online": "env_steps", "offline": "step"}
+
+
+@dataclass
+class Run:
+    """One run directory read back."""
+    path: str
+    config: Dict[str, Any]
+    metrics: Dict[str, np.ndarray]
+    summary: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(os.path.normpath(self.path))
+
+    @property
+    def num_rows(self) -> int:
+        return len(next(iter(self.metrics.values()))) if self.metrics else 0
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Config value by dotted key, e.g. run.get("online.replay")."""
+        return config_value(self.config, key, default)
+
+    def __repr__(self):
+        return (f"Run({self.name!r}, algo={self.get('algo')!r}, "
+                f"replay={self.get('online.replay')!r}, N={self.get('agent.num_members')!r}, "
+                f"rows={self.num_rows})")
+
+
+_MISSING = object()
+
+
+def config_value(config: Dict[str, Any], key: str, default: Any = _MISSING) -> Any:
+    """Dotted lookup in a nested config dict ("agent.num_members"); `default` if absent
+    (falling back to CONFIG_DEFAULTS, then None)."""
+    node = config
+    for part in key.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            if default is not _MISSING:
+                return default
+            return CONFIG_DEFAULTS.get(key)
+    return node
+
+
+def _column(values: List[str]) -> np.ndarray:
+    """Float array (NaN for empty cells) if every non-empty cell parses, else str array."""
+    out = np.full(len(values), np.nan)
+    for i, v in enumerate(values):
+        v = v.strip()
+        if v == "":
+            continue
+        try:
+            out[i] = float(v)
+        except ValueError:
+            return np.array([s.strip() for s in values], dtype=str)
+    return out
+
+
+def read_metrics_csv(path: str) -> Dict[str, np.ndarray]:
+    """metrics.csv -> {column: array}; rows shorter than the header are padded empty."""
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            return {}
+        rows = [r for r in reader if r]
+    cols = {}
+    for j, name in enumerate(header):
+        cols[name] = _column([r[j] if j < len(r) else "" for r in rows])
+    return cols
+
+
+def is_run_dir(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, METRICS_FILE))
+
+
+def _read_json(path: str) -> Dict[str, Any]:
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_run(run_dir: str) -> Run:
+    """Read a run directory; FileNotFoundError (with a hint) if it has no metrics.csv."""
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(f"{run_dir}: no such directory")
+    if not is_run_dir(run_dir):
+        hint = ""
+        subs = sorted(d for d in glob.glob(os.path.join(run_dir, "*")) if is_run_dir(d))
+        if subs:
+            shown = ", ".join(subs[:5]) + (", ..." if len(subs) > 5 else "")
+            hint = f"; it contains run directories: {shown}"
+        raise FileNotFoundError(
+            f"{run_dir}: no {METRICS_FILE} here, so this is not a run directory written "
+            f"by experiments.train{hint}")
+    return Run(path=run_dir, config=_read_json(os.path.join(run_dir, CONFIG_FILE)),
+               metrics=read_metrics_csv(os.path.join(run_dir, METRICS_FILE)),
+               summary=_read_json(os.path.join(run_dir, SUMMARY_FILE)))
+
+
+def expand_run_dirs(patterns: Union[str, Sequence[str]]) -> List[str]:
+    """Globs (or plain paths; a str may hold several separated by os.pathsep) -> the
+    sorted, de-duplicated directories that match."""
+    if isinstance(patterns, str):
+        patterns = [p for p in patterns.split(os.pathsep) if p]
+    dirs = []
+    for p in patterns:
+        p = os.path.expanduser(p)
+        dirs += [d for d in (sorted(glob.glob(p)) or []) if os.path.isdir(d)]
+    seen, out = set(), []
+    for d in dirs:
+        key = os.path.realpath(d)
+        if key not in seen:
+            seen.add(key)
+            out.append(d)
+    return out
+
+
+def load_runs(patterns: Union[str, Sequence[str]], verbose: bool = True) -> List[Run]:
+    """Every run directory matching the globs; directories without metrics.csv are
+    skipped (with a note on stderr when verbose)."""
+    runs = []
+    for d in expand_run_dirs(patterns):
+        if is_run_dir(d):
+            runs.append(load_run(d))
+        elif verbose:
+            print(f"skipping {d}: no {METRICS_FILE}", file=sys.stderr)
+    return runs
+
+
+# --------------------------------------------------------------------------- curves
+
+def _seed_column(run: Run) -> np.ndarray:
+    seed = run.metrics.get("seed")
+    if seed is None or seed.dtype.kind not in "fiu":
+        return np.zeros(run.num_rows)
+    return np.where(np.isnan(seed), 0.0, seed)
+
+
+def seeds(run: Run) -> np.ndarray:
+    """The run's seed ids, sorted (the row order of learning_curve's values)."""
+    return np.unique(_seed_column(run)).astype(int) if run.num_rows else np.zeros(0, int)
+
+
+def has_metric(run: Run, metric: str, phase: Optional[str] = "online") -> bool:
+    """Whether any row of `phase` has a finite value of `metric`."""
+    col = run.metrics.get(metric)
+    if col is None or col.dtype.kind != "f":
+        return False
+    return bool(np.isfinite(col[_phase_mask(run, phase)]).any())
+
+
+def _phase_mask(run: Run, phase: Optional[str]) -> np.ndarray:
+    if phase is None:
+        return np.ones(run.num_rows, bool)
+    ph = run.metrics.get("phase")
+    if ph is None:
+        raise KeyError(f"{run.path}: metrics.csv has no 'phase' column")
+    return ph == phase
+
+
+def learning_curve(run: Run, metric: str = "normalized_score", phase: Optional[str] = "online",
+                   x: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """(xs [T], values [S, T]) of `metric` over the rows of `phase`.
+
+    xs are the sorted distinct x values (env_steps online, step offline; `x` overrides)
+    of rows where the metric is present; values[s, t] is seed s's value there (seeds in
+    increasing order, see `seeds`), NaN where that seed has none. If a (seed, x) pair
+    occurs twice (a resumed run), the later row wins.
+    """
+    if metric not in run.metrics:
+        raise KeyError(f"{run.path}: metric {metric!r} not in metrics.csv "
+                       f"(columns: {', '.join(run.metrics)})")
+    x = x or PHASE_X.get(phase, "step")
+    if x not in run.metrics:
+        raise KeyError(f"{run.path}: x column {x!r} not in metrics.csv")
+    vals = run.metrics[metric]
+    if vals.dtype.kind != "f":
+        raise TypeError(f"{run.path}: metric {metric!r} is not numeric")
+    seed_col = _seed_column(run)
+    seed_ids = seeds(run)
+    mask = _phase_mask(run, phase) & np.isfinite(vals) & np.isfinite(run.metrics[x])
+    xs = np.unique(run.metrics[x][mask])
+    out = np.full((len(seed_ids), len(xs)), np.nan)
+    rows = np.nonzero(mask)[0]
+    si = np.searchsorted(seed_ids, seed_col[rows])
+    ti = np.searchsorted(xs, run.metrics[x][rows])
+    for s, t, v in zip(si, ti, vals[rows]):   # in row order, so a later row wins
+        out[s, t] = v
+    return xs, out
+
+
+def stack_curves(curves: Iterable[Tuple[np.ndarray, np.ndarray]]
+                 ) -> Tuple[np.ndarray, np.ndarray]:
+    """Put several (xs, values[S_i, T_i]) on the union of their xs: (xs, values[sum S_i, T]),
+    NaN where a curve has no point. Used to pool the seeds of several runs."""
+    curves = [(np.asarray(x, float), np.atleast_2d(np.asarray(y, float))) for x, y in curves]
+    if not curves:
+        return np.zeros(0), np.zeros((0, 0))
+    xs = np.unique(np.concatenate([x for x, _ in curves]))
+    blocks = []
+    for x, y in curves:
+        block = np.full((y.shape[0], len(xs)), np.nan)
+        block[:, np.searchsorted(xs, x)] = y
+        blocks.append(block)
+    return xs, np.concatenate(blocks, axis=0)
+
+
+def group_curve(runs: Sequence[Run], metric: str = "normalized_score",
+                phase: Optional[str] = "online") -> Tuple[np.ndarray, np.ndarray]:
+    """The seeds of all `runs` that have `metric` pooled into one (xs, values[S, T])."""
+    return stack_curves(learning_curve(r, metric, phase) for r in runs
+                        if has_metric(r, metric, phase))
+
+
+def final_values(run: Run, metric: str = "normalized_score",
+                 phase: Optional[str] = "online") -> np.ndarray:
+    """Per seed, the metric's value at the last x where that seed has one (NaN if none)."""
+    _, ys = learning_curve(run, metric, phase)
+    out = np.full(ys.shape[0], np.nan)
+    for s, row in enumerate(ys):
+        finite = np.nonzero(np.isfinite(row))[0]
+        if finite.size:
+            out[s] = row[finite[-1]]
+    return out
+
+
+# --------------------------------------------------------------------------- grouping
+
+def _sort_key(value):
+    return (value is None, str(type(value).__name__), value if value is not None else 0)
+
+
+def group_runs(runs: Iterable[Run], key: Union[str, Sequence[str]]) -> Dict[Any, List[Run]]:
+    """{config value: runs} for a dotted config key (or tuple of values for several keys),
+    ordered by value. Values that are lists (e.g. hidden_dims) become tuples."""
+    keys = [key] if isinstance(key, str) else list(key)
+    groups: Dict[Any, List[Run]] = {}
+    for r in runs:
+        vals = tuple(_hashable(r.get(k)) for k in keys)
+        groups.setdefault(vals[0] if isinstance(key, str) else vals, []).append(r)
+    try:
+        return dict(sorted(groups.items(), key=lambda kv: _sort_key(kv[0])))
+    except TypeError:
+        return groups
+
+
+def _hashable(v):
+    if isinstance(v, list):
+        return tuple(_hashable(x) for x in v)
+    if isinstance(v, dict):
+        return tuple(sorted((k, _hashable(x)) for k, x in v.items()))
+    return v
+
+
+def filter_runs(runs: Iterable[Run], where: Dict[str, Any]) -> List[Run]:
+    """The runs whose config matches every {dotted key: value} in `where`."""
+    return [r for r in runs if all(_hashable(r.get(k)) == _hashable(v) for k, v in where.items())]
+
+
+LABEL_FIELDS = ("env", "dataset.kind", "algo", "online.replay", "agent.num_members")
+_SHORT = {"agent.num_members": "N", "online.replay": "", "algo": "", "env": "",
+          "dataset.kind": ""}
+
+
+def varying_fields(runs: Sequence[Run], candidates: Sequence[str] = LABEL_FIELDS) -> List[str]:
+    """The candidate config keys whose value differs between the runs."""
+    return [k for k in candidates if len({repr(r.get(k)) for r in runs}) > 1]
+
+
+def run_label(run: Run, fields: Optional[Sequence[str]] = None) -> str:
+    """A short label from config fields, e.g. "off2on balanced N=5"; the directory name
+    if the config has none of them."""
+    fields = ("algo", "online.replay", "agent.num_members") if fields is None else fields
+    parts = []
+    for k in fields:
+        v = run.get(k)
+        if v is None or v == "":
+            continue
+        short = _SHORT.get(k, k.split(".")[-1])
+        parts.append(f"{short}={v}" if short else str(v))
+    return " ".join(parts) or run.name
+
+
+def run_labels(runs: Sequence[Run]) -> List[str]:
+    """Labels that tell the runs apart: the config fields that vary between them (or
+    algo/replay/N when none do), with the directory name added where still ambiguous."""
+    fields = varying_fields(runs) if len(runs) > 1 else None
+    labels = [run_label(r, fields or None) for r in runs]
+    counts = {lab: labels.count(lab) for lab in labels}
+    return [f"{lab} ({r.name})" if counts[lab] > 1 and lab != r.name else lab
+            for lab, r in zip(labels, runs)]
