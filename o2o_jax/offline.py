@@ -45,12 +45,14 @@ def train_chunk(members, data, key, num_steps: int, batch_size: int, update_fn=c
     return members, jax.tree_util.tree_map(lambda x: jnp.mean(x, axis=0), infos)
 
 
+@functools.lru_cache(maxsize=None)
 def make_train_chunk(num_steps: int, batch_size: int, update_fn=cql.update,
                      seed_axis: bool = False):
     """jit((members, data, key) -> (members, info)): `num_steps` updates in one call.
 
     With `seed_axis`, members and key carry a leading seed axis [S, ...] and the dataset is
     shared by all seeds (vmap with in_axes=None: one copy in memory). State is donated.
+    Cached: the same arguments return the same compiled function.
     """
     chunk = functools.partial(train_chunk, num_steps=num_steps, batch_size=batch_size,
                               update_fn=update_fn)

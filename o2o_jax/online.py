@@ -93,11 +93,12 @@ def train_epoch(state: OnlineState, offline_data, key, num_steps: int, cfg: Step
     return state, jax.tree_util.tree_map(lambda x: jnp.mean(x, axis=0), infos)
 
 
+@functools.lru_cache(maxsize=None)
 def make_train_epoch(num_steps: int, cfg: StepConfig, seed_axis: bool = False):
     """jit((state, offline_data, key) -> (state, info)): `num_steps` fused steps, one call.
 
     With `seed_axis`, state and key carry a leading seed axis and the offline data are
-    shared by all seeds (in_axes=None). State is donated.
+    shared by all seeds (in_axes=None). State is donated. Cached by its arguments.
     """
     epoch = functools.partial(train_epoch, num_steps=num_steps, cfg=cfg)
     if seed_axis:

@@ -13,6 +13,7 @@ summary.json, offline_members/ (the pretrained members) and checkpoints/ (full t
 state, the last `checkpoint.keep` of them); re-running into the same directory resumes.
 """
 import dataclasses
+import functools
 import glob
 import json
 import os
@@ -46,9 +47,14 @@ def unstack(tree, i):
     return jax.tree_util.tree_map(lambda x: x[i], tree)
 
 
+@functools.partial(jax.jit, static_argnums=1)
+def _split_each(keys: jax.Array, num: int):
+    return jax.vmap(lambda k: jax.random.split(k, num))(keys)
+
+
 def split_each(keys: jax.Array, num: int):
     """keys [S, 2] -> `num` arrays [S, 2]: split each seed's key independently."""
-    parts = jax.vmap(lambda k: jax.random.split(k, num))(keys)
+    parts = _split_each(keys, num)
     return [parts[:, i] for i in range(num)]
 
 
@@ -209,7 +215,6 @@ def pretrain(ctx: Context, members, key, start_step: int = 0):
     """Offline phase: cfg.offline.steps updates per member per seed, evaluating and
     checkpointing periodically. Returns (members, mean eval return per seed or None)."""
     cfg, oc = ctx.cfg, ctx.cfg.offline
-    chunk_fns = {}
     progress = Progress(oc.steps, "offline " + cfg.algo, initial=start_step)
     step, last_eval = start_step, None
     ckpt_every = cfg.checkpoint.every_offline_steps or oc.steps
@@ -217,11 +222,10 @@ def pretrain(ctx: Context, members, key, start_step: int = 0):
         next_eval = (step // oc.eval_interval + 1) * oc.eval_interval
         next_ckpt = (step // ckpt_every + 1) * ckpt_every
         k = min(oc.chunk, next_eval - step, next_ckpt - step, oc.steps - step)
-        if k not in chunk_fns:
-            chunk_fns[k] = offline.make_train_chunk(k, oc.batch_size, offline_update_fn(cfg),
-                                                    seed_axis=True)
+        chunk = offline.make_train_chunk(k, oc.batch_size, offline_update_fn(cfg),
+                                         seed_axis=True)
         key, k_chunk = split_each(key, 2)
-        members, info = chunk_fns[k](members, ctx.data, k_chunk)
+        members, info = chunk(members, ctx.data, k_chunk)
         step += k
         extra = {}
         if step % oc.eval_interval == 0 or step == oc.steps:
@@ -276,7 +280,6 @@ def finetune(ctx: Context, state, key, start_epoch: int = 0, resume_meta=None):
     """Online phase (spec section 5): per epoch evaluate, collect, train; S seeds at once."""
     cfg, oc = ctx.cfg, ctx.cfg.online
     step_cfg = step_config(cfg)
-    train_fns = {}
     env = envs.BatchedEnvs(cfg.env, cfg.num_seeds, 0,
                            seeds=[COLLECT_SEED + s for s in ctx.seeds])
     recent = [[] for _ in ctx.seeds]           # last 10 training-episode returns per seed
@@ -315,12 +318,15 @@ def finetune(ctx: Context, state, key, start_epoch: int = 0, resume_meta=None):
                for k in offline.TRANSITION_KEYS}
         state = state.replace(replay=_add_online(state.replay, new))
         auroc = np.asarray(_q_auroc(state.agent, new["observations"], new["actions"], k_auc))
-        # Train: one compiled call for the whole epoch, all seeds.
-        num_updates = oc.updates_per_epoch * (oc.first_epoch_multiplier if epoch == 0 else 1)
-        if num_updates not in train_fns:
-            train_fns[num_updates] = online.make_train_epoch(num_updates, step_cfg,
-                                                             seed_axis=True)
-        state, info = train_fns[num_updates](state, ctx.data, k_train)
+        # Train: one compiled call per epoch's worth of updates, all seeds; the first
+        # epoch runs `first_epoch_multiplier` of them.
+        train = online.make_train_epoch(oc.updates_per_epoch, step_cfg, seed_axis=True)
+        calls = oc.first_epoch_multiplier if epoch == 0 else 1
+        infos = []
+        for k in (split_each(k_train, calls) if calls > 1 else [k_train]):
+            state, info = train(state, ctx.data, k)
+            infos.append(info)
+        info = jax.tree_util.tree_map(lambda *x: sum(x) / len(x), *infos)
         extra.update({"q_auroc": auroc,
                       "train_episode_return": [np.mean(r) if r else "" for r in recent]})
         for row in per_seed_rows(base, info, ctx.seeds, extra):
@@ -359,7 +365,8 @@ def run(cfg) -> dict:
     run_dir = RunDir(path, cfg.to_json_best_effort(indent=2))
     print(f"run directory: {run_dir.path}" + (f" (resuming from {latest['path']})"
                                               if latest else ""))
-    run_dir.metrics.truncate(latest["csv_rows"] if latest else 0)
+    if latest is None:
+        run_dir.metrics.truncate(0)
     dataset = load_dataset(cfg, obs_dim, act_dim)
     sharder = Sharder(cfg.num_seeds, cfg.shard_seeds)
     ctx = Context(cfg, run_dir, ckpt, sharder, sharder.shared(device_arrays(dataset)),
@@ -387,6 +394,7 @@ def run(cfg) -> dict:
             restored = ckpt.restore(latest, {"members": members, "key": k_offline})
             members, k_offline = sharder.seeds(restored["members"]), restored["key"]
             start = latest["step"]
+            run_dir.metrics.truncate(latest["csv_rows"])   # only once restore succeeded
         members, offline_return = pretrain(ctx, members, k_offline, start)
         if cfg.offline.save_members and cfg.offline.steps > 0:
             checkpoints.save(os.path.join(run_dir.path, "offline_members"), members,
@@ -402,6 +410,7 @@ def run(cfg) -> dict:
         if phase == "online":
             restored = ckpt.restore(latest, {"state": state, "key": k_loop})
             state, k_loop = restored["state"], restored["key"]
+            run_dir.metrics.truncate(latest["csv_rows"])
             start_epoch, resume_meta = latest["epoch"], latest
         state = sharder.seeds(state)
         del members
