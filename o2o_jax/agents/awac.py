@@ -96,8 +96,13 @@ def update(agent: ActorCritic, batch, key: jax.Array, *, awac_lambda: float,
     return ac.soft_update(new_agent), {**critic_info, **actor_info}
 
 
+@functools.lru_cache(maxsize=None)
 def make_update(awac_lambda: float = 1.0, max_weight: float = 100.0, n_samples: int = 1):
-    """`update_fn(agent, batch, key) -> (agent, info)` for `offline.make_train_chunk`."""
+    """`update_fn(agent, batch, key) -> (agent, info)` for `offline.make_train_chunk`.
+
+    Cached: the same knobs give the same function object, so the (also cached) compiled
+    train chunks and epochs are reused.
+    """
     if awac_lambda <= 0 or max_weight <= 0 or n_samples < 1:
         raise ValueError(f"AWAC needs awac_lambda > 0, max_weight > 0, n_samples >= 1; got "
                          f"{awac_lambda}, {max_weight}, {n_samples}")

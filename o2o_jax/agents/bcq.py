@@ -46,7 +46,7 @@ import optax
 from flax import struct
 from flax.training.train_state import TrainState
 
-from o2o_jax import networks
+from o2o_jax import networks, optim
 
 Params = Any
 LOG_STD_MIN, LOG_STD_MAX = -4.0, 15.0     # VAE latent log-std clip (BCQ code)
@@ -147,11 +147,15 @@ def create(key: jax.Array, obs_dim: int, act_dim: int, cfg) -> BCQState:
         raise ValueError(f"kl_reduction {cfg.kl_reduction!r}: allowed {KL_REDUCTIONS}")
     latent_dim = 2 * act_dim if cfg.latent_dim is None else int(cfg.latent_dim)
     k_actor, k_critic, k_vae = jax.random.split(key, 3)
-    actor_def = Perturbation(act_dim, tuple(cfg.actor_hidden_dims), float(cfg.phi),
-                             cfg.activation)
-    critic_def = networks.TwinCritic(hidden_dims=tuple(cfg.critic_hidden_dims),
-                                     activation=cfg.activation, num_qs=2)
-    vae_def = VAE(act_dim, latent_dim, tuple(cfg.vae_hidden_dims), cfg.activation)
+    # Cached modules and optimizers: members / seeds built separately stay stackable and
+    # share compilations (see networks.make, optim.adam).
+    actor_def = networks.make(Perturbation, action_dim=act_dim,
+                              hidden_dims=tuple(cfg.actor_hidden_dims), phi=float(cfg.phi),
+                              activation=cfg.activation)
+    critic_def = networks.make(networks.TwinCritic, hidden_dims=tuple(cfg.critic_hidden_dims),
+                               activation=cfg.activation, layer_norm=False, num_qs=2)
+    vae_def = networks.make(VAE, action_dim=act_dim, latent_dim=latent_dim,
+                            hidden_dims=tuple(cfg.vae_hidden_dims), activation=cfg.activation)
     obs = jnp.zeros((1, obs_dim), jnp.float32)
     act = jnp.zeros((1, act_dim), jnp.float32)
     z = jnp.zeros((1, latent_dim), jnp.float32)
@@ -160,13 +164,13 @@ def create(key: jax.Array, obs_dim: int, act_dim: int, cfg) -> BCQState:
     vae_params = vae_def.init(k_vae, obs, act, z)["params"]
     return BCQState(
         actor=TrainState.create(apply_fn=actor_def.apply, params=actor_params,
-                                tx=optax.adam(cfg.actor_lr)),
+                                tx=optim.adam(cfg.actor_lr)),
         target_actor_params=actor_params,
         critic=TrainState.create(apply_fn=critic_def.apply, params=critic_params,
-                                 tx=optax.adam(cfg.critic_lr)),
+                                 tx=optim.adam(cfg.critic_lr)),
         target_critic_params=critic_params,
         vae=TrainState.create(apply_fn=vae_def.apply, params=vae_params,
-                              tx=optax.adam(cfg.vae_lr)),
+                              tx=optim.adam(cfg.vae_lr)),
         latent_dim=latent_dim,
         discount=float(cfg.discount),
         tau=float(cfg.tau),
@@ -327,19 +331,25 @@ def act(state: BCQState, observations: jax.Array, key: jax.Array) -> jax.Array:
 def ensemble_act(members: BCQState, observations: jax.Array, key: jax.Array) -> jax.Array:
     """Stacked members: member i proposes n candidates with key split(key, N)[i]; all N n
     candidates are scored by the mean over members of Q1 and the best one is returned."""
-    n_members = num_stacked(members)
-    keys = jax.random.split(key, n_members)
-    one = member(members, 0)   # for the static fields and apply_fns
+    keys = jax.random.split(key, num_stacked(members))
 
+    # `members` only lends its static fields and apply_fns; parameters are passed per member.
     def propose(actor_params, vae_params, k):
-        return candidates(one, actor_params, vae_params, observations, k,
-                          one.n_act_candidates)[2]
+        return candidates(members, actor_params, vae_params, observations, k,
+                          members.n_act_candidates)[2]
 
     cands = jax.vmap(propose)(members.actor.params, members.vae.params, keys)  # [N,...,n,A]
     cands = jnp.moveaxis(cands, 0, -3)                                         # [...,N,n,A]
     cands = cands.reshape(cands.shape[:-3] + (-1, cands.shape[-1]))            # [...,Nn,A]
     obs_m = jnp.broadcast_to(observations[..., None, :],
                              cands.shape[:-1] + observations.shape[-1:])
-    q1 = jax.vmap(lambda p: one.critic.apply_fn({"params": p}, obs_m, cands)[0])(
+    q1 = jax.vmap(lambda p: members.critic.apply_fn({"params": p}, obs_m, cands)[0])(
         members.critic.params)                                                 # [N,...,Nn]
     return _pick(cands, jnp.mean(q1, axis=0))
+
+
+def q_ens(members: BCQState, observations: jax.Array, actions: jax.Array) -> jax.Array:
+    """mean over stacked members of min(Q1, Q2)(s, a), shape [*batch] (AUROC analysis)."""
+    apply = members.critic.apply_fn
+    q = jax.vmap(lambda p: apply({"params": p}, observations, actions))(members.critic.params)
+    return jnp.mean(jnp.min(q, axis=1), axis=0)

@@ -16,11 +16,14 @@ SAC like {pi_phi, Q_CQL}. On the `ActorCritic` state:
 Key derivation: `update` passes its key to `sac.critic_loss` (which splits off k_target
 for a' ~ pi(.|s')).
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 from flax.training.train_state import TrainState
 
+from o2o_jax import networks, optim
 from o2o_jax.agents import actor_critic as ac
 from o2o_jax.agents import sac
 from o2o_jax.agents.actor_critic import ActorCritic
@@ -71,30 +74,50 @@ def _dims(agent: ActorCritic):
     return stacked, obs_dim, act_dim
 
 
+@functools.lru_cache(maxsize=None)
+def _critic_init(obs_dim: int, act_dim: int, hidden_dims: tuple, activation: str,
+                 layer_norm: bool, lr: float):
+    """jit(key -> fresh critic TrainState), built as `ac.create` builds its critic from
+    the same key (one compiled function per architecture)."""
+    # The same cached module / optimizer objects as ac.create: the reset agent keeps its
+    # pytree structure (stackable, and jitted updates are not recompiled).
+    critic_def = networks.make(networks.TwinCritic, hidden_dims=hidden_dims,
+                               activation=activation, layer_norm=layer_norm, num_qs=2)
+    tx = optim.adam(lr)
+
+    def init(key):
+        _, k_critic = jax.random.split(key)        # ac.create: (k_actor, k_critic)
+        params = critic_def.init(k_critic, jnp.zeros((1, obs_dim), jnp.float32),
+                                 jnp.zeros((1, act_dim), jnp.float32))["params"]
+        return TrainState.create(apply_fn=critic_def.apply, params=params, tx=tx)
+
+    return jax.jit(init)
+
+
 def _copy(tree):
-    # vmap / jit may return one buffer for equal outputs (critic == target); give every
-    # leaf its own buffer so the state can be donated.
+    # Give every leaf its own buffer (critic and target start equal) so that the state
+    # can be donated.
     return jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), tree)
 
 
 def reset_critics(agent: ActorCritic, key: jax.Array, cfg) -> ActorCritic:
     """Re-initialise critics and targets (and the critic optimiser) of a pretrained agent.
 
-    `cfg` is the agent config (hidden_dims, activation, critic_layer_norm, critic_lr).
-    Works on a single agent, N stacked single agents (offline members: member i gets
-    critic init from `ac.create(split(key, N)[i], ...)`), and an ensemble agent
-    (members == N, same per-member keys, one optimizer step counter).
+    `cfg` is the agent config (hidden_dims, activation, critic_layer_norm, critic_lr); the
+    new critic is the one `ac.create(key, ...)` would make. Works on a single agent, on N
+    stacked single agents (offline members; member i is initialised from
+    `split(key, N)[i]`, per-member optimizer states and step counters), and on an ensemble
+    agent (members == N; same per-member keys, one optimizer state over all members).
+    The actor, temperature and static fields are kept.
     """
     stacked, obs_dim, act_dim = _dims(agent)
-
-    def fresh_critic(k):
-        return ac.create(k, obs_dim, act_dim, cfg).critic
-
+    init = _critic_init(obs_dim, act_dim, tuple(cfg.hidden_dims), cfg.activation,
+                        cfg.critic_layer_norm, float(cfg.critic_lr))
     if stacked == 0:
-        critic = jax.jit(fresh_critic)(key)
+        critic = init(key)
     else:
-        keys = jax.random.split(key, stacked)
-        critic = jax.jit(jax.vmap(fresh_critic))(keys)
+        critics = [init(k) for k in jax.random.split(key, stacked)]
+        critic = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *critics)
         if agent.members > 0:   # ensemble agent: one TrainState over stacked parameters
             critic = TrainState.create(apply_fn=critic.apply_fn, params=critic.params,
                                        tx=critic.tx)
