@@ -44,7 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.env = "hopper"
     c.run_dir = "runs"           # runs go to <run_dir>/<run_name>
     c.run_name = ""              # "" -> <env>-<dataset kind>-<algo>-seed<seed>-<time>
-    c.algo = "off2on"
+    c.algo = "off2on"            # see o2o_jax/algos.py; configs/algos.py for paper presets
     c.num_seeds = 1              # S seeds vmapped in one program: seeds seed..seed+S-1
     c.shard_seeds = True         # with several devices, shard the seed axis across them
     c.resume = False             # continue the newest run of this experiment
@@ -70,6 +70,11 @@ def get_config() -> ml_collections.ConfigDict:
         "hidden_dims": ml_collections.config_dict.placeholder(tuple)})
 
     c.agent = get_agent_config()
+    # Knobs of the baselines (their own modules document the source values).
+    from o2o_jax.agents import awac, bcq, fqe
+    c.awac = awac.default_config()
+    c.bcq = bcq.default_config()
+    c.fqe = fqe.default_config()
 
     c.offline = ml_collections.ConfigDict()
     c.offline.steps = 1_000_000  # gradient steps per member

@@ -1,20 +1,17 @@
-"""hopper-medium: paper scale by default; `:quick` for a ~10 minute CPU run."""
-from configs import base
+"""hopper-medium. Variants (comma-separated, applied in order):
+
+  (none) / paper   paper scale: N = 5, 2x256, batch 256, 1M CQL steps, 250k online steps
+  quick            a ~10 minute 2-core CPU run that still shows learning (see README)
+  <method>         a method's paper settings (configs/algos.py): off2on, sac, sac_ft,
+                   cql_ft, awac, bcq_ft, fqe_init
+
+e.g. --config=configs/hopper_medium.py:quick,sac_ft
+"""
+from configs import base, variants
 
 
 def get_config(variant: str = ""):
     c = base.get_config()
     c.env = "hopper"
     c.dataset.kind = "medium"
-    if variant in ("", "paper"):
-        return c
-    if variant == "quick":
-        c.agent.num_members = 2
-        c.offline.steps = 20_000
-        c.offline.eval_interval = 5_000
-        c.offline.eval_episodes = 5
-        c.agent.bc_steps = 2_000
-        c.dataset.build_transitions = 100_000
-        return c
-    raise ValueError(f"unknown variant {variant!r} of configs/hopper_medium.py; "
-                     "allowed: '' (paper scale), 'quick'")
+    return variants.apply(c, variant)

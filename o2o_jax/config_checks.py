@@ -76,7 +76,9 @@ def check_agent(cfg, prefix="agent"):
 
 def check(cfg):
     """Raise ConfigError naming the first bad field of an experiment config."""
+    from o2o_jax.algos import ALGOS
     one_of(cfg, "env", sorted(envs.ENVS))
+    one_of(cfg, "algo", ALGOS)
     one_of(cfg, "dataset.kind", DATASET_KINDS)
     non_negative_int(cfg, "seed")
     positive_int(cfg, "num_seeds")
@@ -90,6 +92,16 @@ def check(cfg):
         positive_int(cfg, f"offline.{f}")
     if "online" in cfg:
         check_online(cfg)
+    if cfg.algo == "sac":
+        _check(cfg.offline.steps == 0, "offline.steps", cfg.offline.steps,
+               "must be 0 for algo 'sac' (SAC from scratch has no offline phase)")
+        _check(cfg.online.replay == "online_only", "online.replay", cfg.online.replay,
+               "must be 'online_only' for algo 'sac' (no offline data)")
+    if cfg.algo == "awac":
+        for f in ("agent.backup_entropy", "online.backup_entropy"):
+            _check(not _get(cfg, f), f, _get(cfg, f), "must be False for algo 'awac' "
+                   "(AWAC's backup has no entropy term)")
+    positive_int(cfg, "fqe.steps")
 
 
 def check_online(cfg):

@@ -11,6 +11,7 @@
 """
 import dataclasses
 import functools
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -18,8 +19,7 @@ from flax import struct
 from flax.training.train_state import TrainState
 
 from o2o_jax import density_ratio as dr
-from o2o_jax.agents import actor_critic as ac
-from o2o_jax.agents import cql, ensemble, sac
+from o2o_jax.agents import ensemble, sac
 from o2o_jax.agents.actor_critic import ActorCritic
 from o2o_jax.replay import buffers
 
@@ -27,7 +27,7 @@ REPLAY_MODES = ("balanced", "uniform", "online_only")
 
 
 class OnlineState(struct.PyTreeNode):
-    agent: ActorCritic                      # the ensemble agent (members == N)
+    agent: ActorCritic                      # the online agent (ensemble; BCQ: its members)
     dr: TrainState                          # density-ratio network
     replay: buffers.BalancedReplayState     # priorities + online transitions
 
@@ -40,7 +40,7 @@ class StepConfig:
     replay: str = "balanced"
     priority_temperature: float = 5.0
     fifo_window: int = 250_000             # online DR batch: newest items only
-    cql: bool = False                      # keep the CQL penalty online (CQL-ft)
+    update_fn: Optional[Callable] = None   # the agent update; None: ensemble SAC
 
     def __post_init__(self):
         if self.replay not in REPLAY_MODES:
@@ -64,7 +64,7 @@ def online_step(state: OnlineState, offline_data, key: jax.Array, cfg: StepConfi
     """One fused online gradient step: (state, offline_data, key) -> (state, info)."""
     k_rl, k_off, k_on, k_agent = jax.random.split(key, 4)
     batch, idx = rl_batch(state.replay, offline_data, k_rl, cfg)
-    update_fn = cql.update if cfg.cql else sac.update
+    update_fn = cfg.update_fn or sac.update
     agent, info = update_fn(state.agent, batch, k_agent)
     info["offline_fraction"] = buffers.offline_fraction(idx, state.replay.num_offline)
     dr_state, replay = state.dr, state.replay
@@ -107,13 +107,19 @@ def make_train_epoch(num_steps: int, cfg: StepConfig, seed_axis: bool = False):
 
 
 def init_state(members: ActorCritic, offline_data, key: jax.Array, online_cfg,
-               obs_dim: int, act_dim: int) -> OnlineState:
-    """The online state at the start of fine-tuning (spec sections 3-4)."""
+               obs_dim: int, act_dim: int, agent=None) -> OnlineState:
+    """The online state at the start of fine-tuning (spec sections 3-4).
+
+    `agent`: the online agent if already built (e.g. by `algos.Algo.to_online`); by
+    default the members become one ensemble agent (the method's reference hand-over).
+    """
     oc = online_cfg
-    agent = ensemble.to_ensemble(
-        members, reset_temperature=oc.reset_temperature,
-        init_temperature=oc.init_temperature, fresh_optimizers=oc.fresh_optimizers,
-        cql_weight=float(oc.cql_weight), backup_entropy=bool(oc.backup_entropy), bc_steps=0)
+    if agent is None:
+        agent = ensemble.to_ensemble(
+            members, reset_temperature=oc.reset_temperature,
+            init_temperature=oc.init_temperature, fresh_optimizers=oc.fresh_optimizers,
+            cql_weight=float(oc.cql_weight), backup_entropy=bool(oc.backup_entropy),
+            bc_steps=0)
     num_offline = int(offline_data["rewards"].shape[0])
     example = {k: v[0] for k, v in offline_data.items()}
     replay = buffers.init(num_offline, oc.epochs * oc.env_steps_per_epoch, example)
@@ -124,26 +130,13 @@ def init_state(members: ActorCritic, offline_data, key: jax.Array, online_cfg,
     return OnlineState(agent=agent, dr=dr_state, replay=replay)
 
 
-@jax.jit
-def q_auroc(agent: ActorCritic, observations, actions_taken, key):
+def q_auroc(agent: ActorCritic, observations, actions_taken, key, q_fn=ensemble.q_ens):
     """AUROC of Q_ens separating (s, a_taken) from (s, a_uniform) pairs (paper Fig. 4b).
 
     Mann-Whitney form: P(Q(s, a_taken) > Q(s', a_uniform)) + 0.5 P(tie) over all pairs.
     """
     uniform = jax.random.uniform(key, actions_taken.shape, minval=-1.0, maxval=1.0)
-    pos = ensemble.q_ens(agent, observations, actions_taken)
-    neg = ensemble.q_ens(agent, observations, uniform)
+    pos = q_fn(agent, observations, actions_taken)
+    neg = q_fn(agent, observations, uniform)
     diff = pos[:, None] - neg[None, :]
     return jnp.mean((diff > 0).astype(jnp.float32) + 0.5 * (diff == 0).astype(jnp.float32))
-
-
-@jax.jit
-def act_stochastic(agent: ActorCritic, observations, key):
-    """One sample of the ensemble policy pi_E (exploration)."""
-    return ac.act(agent, observations, key)
-
-
-@jax.jit
-def act_deterministic(agent: ActorCritic, observations):
-    """tanh(mu_E) (evaluation)."""
-    return ac.act(agent, observations)

@@ -27,9 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from o2o_jax import checkpoints, config_checks, envs, offline, online, stats
-from o2o_jax.agents import actor_critic as ac
-from o2o_jax.agents import ensemble
+from o2o_jax import algos, checkpoints, config_checks, envs, offline, online, stats
+from o2o_jax.agents import fqe
 from o2o_jax.logging import Progress, RunDir, to_scalar
 from o2o_jax.replay import buffers
 
@@ -202,12 +201,16 @@ def per_seed_rows(base_row: dict, info: dict, seeds, extra_per_seed=None):
     return rows
 
 
-_members_mode = jax.jit(jax.vmap(ensemble.members_policy_ensemble))
+@functools.lru_cache(maxsize=None)
+def seeds_jit(fn, donate: bool = False):
+    """jit(vmap(fn)) over the seed axis, one compiled function per `fn`."""
+    return jax.jit(jax.vmap(fn), donate_argnums=0 if donate else ())
 
 
 def evaluate_offline(ctx: Context, members):
     seeds = [OFFLINE_EVAL_SEED + 1_000 * s for s in ctx.seeds]
-    return envs.evaluate_seeds(lambda o: _members_mode(members, jnp.asarray(o)), ctx.cfg.env,
+    policy = seeds_jit(algos.get(ctx.cfg).members_act_eval)
+    return envs.evaluate_seeds(lambda o: policy(members, jnp.asarray(o)), ctx.cfg.env,
                                ctx.cfg.offline.eval_episodes, seeds)
 
 
@@ -222,7 +225,7 @@ def pretrain(ctx: Context, members, key, start_step: int = 0):
         next_eval = (step // oc.eval_interval + 1) * oc.eval_interval
         next_ckpt = (step // ckpt_every + 1) * ckpt_every
         k = min(oc.chunk, next_eval - step, next_ckpt - step, oc.steps - step)
-        chunk = offline.make_train_chunk(k, oc.batch_size, offline_update_fn(cfg),
+        chunk = offline.make_train_chunk(k, oc.batch_size, algos.get(cfg).offline_update,
                                          seed_axis=True)
         key, k_chunk = split_each(key, 2)
         members, info = chunk(members, ctx.data, k_chunk)
@@ -249,37 +252,58 @@ def pretrain(ctx: Context, members, key, start_step: int = 0):
     return members, last_eval
 
 
-def offline_update_fn(cfg):
-    from o2o_jax.agents import cql
-    return cql.update
+def fqe_phase(ctx: Context, members, key):
+    """FQE-init (paper section 3.3): re-initialise the critics and fit them to Q^pi of the
+    pretrained policy by fitted Q evaluation; actors stay as pretrained."""
+    cfg = ctx.cfg
+    k_reset, key = split_each(key, 2)
+    members = jax.vmap(lambda m, k: fqe.reset_critics(m, k, cfg.agent))(members, k_reset)
+    progress = Progress(cfg.fqe.steps, "FQE critics")
+    step = 0
+    while step < cfg.fqe.steps:
+        k = min(cfg.offline.chunk, cfg.fqe.steps - step)
+        chunk = offline.make_train_chunk(k, cfg.offline.batch_size, fqe.update, seed_axis=True)
+        key, k_chunk = split_each(key, 2)
+        members, info = chunk(members, ctx.data, k_chunk)
+        step += k
+        for row in per_seed_rows({"phase": "fqe", "step": step, "env_steps": 0}, info,
+                                 ctx.seeds):
+            ctx.run_dir.log(row)
+        progress.update(step, f"critic {to_scalar(info['critic_loss']):.3g}")
+    return members
 
 
 def step_config(cfg) -> online.StepConfig:
     oc = cfg.online
     return online.StepConfig(batch_size=oc.batch_size, dr_batch_size=oc.dr_batch_size,
                              replay=oc.replay, priority_temperature=oc.priority_temperature,
-                             fifo_window=oc.fifo_capacity, cql=oc.cql_weight > 0)
+                             fifo_window=oc.fifo_capacity,
+                             update_fn=algos.get(cfg).online_update)
 
 
 def init_online(ctx: Context, members, key):
     """Per-seed online states (built one seed at a time), stacked on the seed axis."""
     k_init = np.asarray(key)
-    states = [online.init_state(unstack(members, s), ctx.data, jnp.asarray(k_init[s]),
-                                ctx.cfg.online, ctx.obs_dim, ctx.act_dim)
-              for s in range(ctx.cfg.num_seeds)]
+    algo = algos.get(ctx.cfg)
+    states = []
+    for s in range(ctx.cfg.num_seeds):
+        m = unstack(members, s)
+        states.append(online.init_state(m, ctx.data, jnp.asarray(k_init[s]), ctx.cfg.online,
+                                        ctx.obs_dim, ctx.act_dim,
+                                        agent=algo.to_online(m, ctx.cfg)))
     return stack(states)
 
 
-_act_stochastic = jax.jit(jax.vmap(ac.act))
-_act_deterministic = jax.jit(jax.vmap(lambda agent, obs: ac.act(agent, obs)))
 _add_online = jax.jit(jax.vmap(buffers.add_online), donate_argnums=0)
-_q_auroc = jax.jit(jax.vmap(online.q_auroc))
 
 
 def finetune(ctx: Context, state, key, start_epoch: int = 0, resume_meta=None):
     """Online phase (spec section 5): per epoch evaluate, collect, train; S seeds at once."""
     cfg, oc = ctx.cfg, ctx.cfg.online
     step_cfg = step_config(cfg)
+    algo = algos.get(cfg)
+    act, act_eval = seeds_jit(algo.act), seeds_jit(algo.act_eval)
+    q_auroc = seeds_jit(functools.partial(online.q_auroc, q_fn=algo.q_value))
     env = envs.BatchedEnvs(cfg.env, cfg.num_seeds, 0,
                            seeds=[COLLECT_SEED + s for s in ctx.seeds])
     recent = [[] for _ in ctx.seeds]           # last 10 training-episode returns per seed
@@ -291,7 +315,7 @@ def finetune(ctx: Context, state, key, start_epoch: int = 0, resume_meta=None):
     final = None
     for epoch in range(start_epoch, oc.epochs + 1):
         returns = envs.evaluate_seeds(
-            lambda o: _act_deterministic(state.agent, jnp.asarray(o)), cfg.env,
+            lambda o: act_eval(state.agent, jnp.asarray(o)), cfg.env,
             oc.eval_episodes, eval_seeds).mean(axis=1)
         final = returns
         base = {"phase": "online", "epoch": epoch, "step": epoch,
@@ -308,8 +332,8 @@ def finetune(ctx: Context, state, key, start_epoch: int = 0, resume_meta=None):
             lambda k: jax.random.split(k, oc.env_steps_per_epoch))(k_collect))
         steps = []
         for t in range(oc.env_steps_per_epoch):
-            action = _act_stochastic(state.agent, jnp.asarray(env.obs[:, None]),
-                                     jnp.asarray(step_keys[:, t]))
+            action = act(state.agent, jnp.asarray(env.obs[:, None]),
+                         jnp.asarray(step_keys[:, t]))
             transition, _ = env.step(np.asarray(action)[:, 0])
             steps.append(transition)
             for s in np.flatnonzero(env.episode_length == 0):   # episodes that just ended
@@ -317,7 +341,7 @@ def finetune(ctx: Context, state, key, start_epoch: int = 0, resume_meta=None):
         new = {k: jnp.asarray(np.stack([t[k] for t in steps], axis=1))
                for k in offline.TRANSITION_KEYS}
         state = state.replace(replay=_add_online(state.replay, new))
-        auroc = np.asarray(_q_auroc(state.agent, new["observations"], new["actions"], k_auc))
+        auroc = np.asarray(q_auroc(state.agent, new["observations"], new["actions"], k_auc))
         # Train: one compiled call per epoch's worth of updates, all seeds; the first
         # epoch runs `first_epoch_multiplier` of them.
         train = online.make_train_epoch(oc.updates_per_epoch, step_cfg, seed_axis=True)
@@ -347,11 +371,9 @@ def finetune(ctx: Context, state, key, start_epoch: int = 0, resume_meta=None):
 # ----------------------------------------------------------------------------- run
 
 def create_members(ctx: Context, key):
-    cfg = ctx.cfg
-    members = stack([ensemble.create_members(k, ctx.obs_dim, ctx.act_dim, cfg.agent,
-                                             cfg.agent.num_members)
-                     for k in jnp.asarray(key)])
-    return members
+    """[S, N, ...] members: seed s's N members are created from its key alone."""
+    create = algos.get(ctx.cfg).create_members
+    return stack([create(k, ctx.obs_dim, ctx.act_dim, ctx.cfg) for k in jnp.asarray(key)])
 
 
 def run(cfg) -> dict:
@@ -396,6 +418,8 @@ def run(cfg) -> dict:
             start = latest["step"]
             run_dir.metrics.truncate(latest["csv_rows"])   # only once restore succeeded
         members, offline_return = pretrain(ctx, members, k_offline, start)
+        if cfg.algo == "fqe_init":
+            members = fqe_phase(ctx, members, k_offline)
         if cfg.offline.save_members and cfg.offline.steps > 0:
             checkpoints.save(os.path.join(run_dir.path, "offline_members"), members,
                              members_meta(cfg, obs_dim, act_dim))

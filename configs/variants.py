@@ -1,0 +1,35 @@
+"""Variants shared by the task configs: `quick` and the methods of configs/algos.py."""
+from configs import algos
+
+
+def quick(c):
+    """A ~10 minute run on a 2-core CPU: smaller networks and budgets, same algorithm."""
+    c.agent.num_members = 2
+    c.agent.hidden_dims = (64, 64)
+    c.agent.bc_steps = 2_000
+    c.offline.steps = 20_000
+    c.offline.chunk = 1_000
+    c.offline.eval_interval = 5_000
+    c.offline.eval_episodes = 5
+    c.online.epochs = 15
+    c.online.first_epoch_multiplier = 2
+    c.online.eval_episodes = 5
+    c.online.dr_hidden_dims = (64, 64)
+    c.checkpoint.every_offline_steps = 10_000
+    c.checkpoint.every_online_epochs = 5
+    c.dataset.build_transitions = 100_000
+    return c
+
+
+def apply(c, variant: str):
+    for part in [p.strip() for p in variant.split(",") if p.strip()]:
+        if part == "paper":
+            continue
+        if part == "quick":
+            quick(c)
+        elif part in algos.PRESETS:
+            algos.apply(c, part)
+        else:
+            raise ValueError(f"unknown config variant {part!r}; allowed: 'paper', 'quick', "
+                             f"or a method: {sorted(algos.PRESETS)}")
+    return c
