@@ -1,0 +1,96 @@
+"""Compare methods on one dataset at one budget: methods x seeds, one table, one figure.
+
+  python -m experiments.compare --config=configs/hopper_medium.py:quick \
+      --methods=off2on,sac_ft,cql_ft,awac,bcq_ft,sac --seeds=3 --out=runs/compare
+
+Each method runs through the same pipeline (`experiments.train`) with its paper preset
+(configs/algos.py) applied on top of the given config, with `--seeds` vmapped seeds.
+Budget overrides on the command line (--config.offline.steps=...) apply to every method.
+Writes <out>/<method>/ run directories, <out>/comparison.md and .csv, and figures.
+"""
+import os
+
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import copy  # noqa: E402
+import csv  # noqa: E402
+import time  # noqa: E402
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+import numpy as np  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/hopper_medium.py:quick",
+                                          "base experiment config", lock_config=False)
+_METHODS = flags.DEFINE_list("methods", ["off2on", "sac_ft", "cql_ft", "awac", "bcq_ft",
+                                         "sac"], "methods to compare (configs/algos.py)")
+_SEEDS = flags.DEFINE_integer("seeds", 3, "seeds per method (vmapped in one program)")
+_OUT = flags.DEFINE_string("out", "", "output folder (default runs/compare-<time>)")
+
+
+def method_config(base, method: str, seeds: int, out: str):
+    from configs import algos
+    cfg = copy.deepcopy(base)
+    algos.apply(cfg, method)
+    cfg.num_seeds = seeds
+    cfg.run_dir, cfg.run_name = out, method
+    return cfg
+
+
+def table(out: str, methods, runs) -> str:
+    from o2o_jax import results, stats
+    lines = ["| method | final normalised score (mean ± std over seeds) | IQM | 95% CI of mean "
+             "| after offline | seeds |", "|---|---|---|---|---|---|"]
+    rows = []
+    for method, run in zip(methods, runs):
+        final = results.final_values(run, "normalized_score", "online")
+        off = (results.final_values(run, "normalized_score", "offline")
+               if results.has_metric(run, "normalized_score", "offline") else np.array([]))
+        s = stats.summarize(final)
+        off_txt = f"{np.nanmean(off):.1f}" if off.size else "—"
+        lines.append(f"| {method} | {s['mean']:.1f} ± {np.nanstd(final):.1f} | {s['iqm']:.1f} "
+                     f"| [{s['ci_low']:.1f}, {s['ci_high']:.1f}] | {off_txt} | {s['n']} |")
+        rows.append({"method": method, "mean": s["mean"], "std": float(np.nanstd(final)),
+                     "iqm": s["iqm"], "ci_low": s["ci_low"], "ci_high": s["ci_high"],
+                     "offline_mean": float(np.nanmean(off)) if off.size else "",
+                     "per_seed": " ".join(f"{v:.2f}" for v in final)})
+    with open(os.path.join(out, "comparison.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    from experiments import plot
+    from o2o_jax import pipeline, results
+    base = _CONFIG.value
+    out = _OUT.value or os.path.join(base.run_dir, f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.makedirs(out, exist_ok=True)
+    methods = list(_METHODS.value)
+    cfgs = [method_config(base, m, _SEEDS.value, out) for m in methods]   # validate all first
+    from o2o_jax import config_checks
+    for cfg in cfgs:
+        config_checks.check(cfg)
+    t0 = time.time()
+    for i, cfg in enumerate(cfgs):
+        print(f"[compare] {i + 1}/{len(cfgs)}: {cfg.algo} ({_SEEDS.value} seeds); "
+              f"elapsed {time.time() - t0:.0f} s", flush=True)
+        pipeline.run(cfg)
+    runs = [results.load_run(os.path.join(out, m)) for m in methods]
+    md = table(out, methods, runs)
+    figures = plot.make_plots(runs, out, labels=methods)
+    header = (f"Dataset {runs[0].config['dataset']['kind']} ({runs[0].config['env']}), "
+              f"{_SEEDS.value} seeds per method, offline steps {base.offline.steps}, "
+              f"online env steps {base.online.epochs * base.online.env_steps_per_epoch}; "
+              f"total time {time.time() - t0:.0f} s.\n\n")
+    with open(os.path.join(out, "comparison.md"), "w") as f:
+        f.write(header + md + "\n")
+    print(header + md)
+    print("figures:", *figures, sep="\n  ")
+
+
+if __name__ == "__main__":
+    app.run(main)

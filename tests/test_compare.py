@@ -1,0 +1,45 @@
+"""experiments.compare on tiny runs: its table agrees with each run's own summary."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from tests.test_pipeline import ROOT, minari_root  # noqa: F401
+
+TINY = ["--config.dataset.kind=random", "--config.dataset.build_transitions=1500",
+        "--config.agent.hidden_dims=(8,8)", "--config.agent.num_members=2",
+        "--config.agent.bc_steps=5", "--config.offline.steps=40", "--config.offline.chunk=20",
+        "--config.offline.eval_interval=20", "--config.offline.eval_episodes=1",
+        "--config.offline.batch_size=32", "--config.online.epochs=2",
+        "--config.online.env_steps_per_epoch=40", "--config.online.updates_per_epoch=10",
+        "--config.online.first_epoch_multiplier=2", "--config.online.eval_episodes=1",
+        "--config.online.batch_size=32", "--config.online.dr_batch_size=32",
+        "--config.online.dr_hidden_dims=(8,8)"]
+
+
+def test_compare_writes_table_consistent_with_runs(minari_root, tmp_path):  # noqa: F811
+    out = str(tmp_path / "cmp")
+    env = {**os.environ, "MINARI_DATASETS_PATH": minari_root, "PYTHONPATH": ROOT}
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.compare", "--config=configs/hopper_medium.py:quick",
+         "--methods=off2on,sac_ft", "--seeds=2", f"--out={out}", *TINY],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(os.path.join(out, "comparison.csv")) as f:
+        rows = {r["method"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"off2on", "sac_ft"}
+    for method, row in rows.items():
+        with open(os.path.join(out, method, "summary.json")) as f:
+            summary = json.load(f)
+        per_seed = summary["final"]["per_seed_normalized"]
+        assert len(per_seed) == 2
+        np.testing.assert_allclose(float(row["mean"]), np.mean(per_seed), rtol=1e-6)
+        np.testing.assert_allclose(float(row["std"]), np.std(per_seed), rtol=1e-6, atol=1e-9)
+    with open(os.path.join(out, method, "config.json")) as f:
+        assert json.load(f)["agent"]["num_members"] == 1        # sac_ft preset applied
+    md = open(os.path.join(out, "comparison.md")).read()
+    assert "| off2on |" in md and "| sac_ft |" in md
+    assert os.path.getsize(os.path.join(out, "online_normalized_score.png")) > 5000
