@@ -1,6 +1,12 @@
 import os
+import tempfile
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+# Many tests compile the same small programs in different processes (xdist workers,
+# subprocess runs of the entry points): share compilations through JAX's persistent cache.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), "o2o_jax_test_jax_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import ml_collections  # noqa: E402

@@ -110,10 +110,17 @@ class Interrupt(Exception):
     pass
 
 
+@pytest.fixture(scope="module")
+def reference_run(minari_root, tmp_path_factory):
+    """An uninterrupted run of the tiny config: (summary, run dir)."""
+    root = tmp_path_factory.mktemp("reference")
+    return pipeline.run(tiny_config(root, "ref")), os.path.join(root, "ref")
+
+
 @pytest.mark.parametrize("stop_after", [1, 2])   # 1: offline phase; 2: online phase
-def test_kill_and_resume_matches_uninterrupted_run(minari_root, tmp_path, monkeypatch,
+def test_kill_and_resume_matches_uninterrupted_run(reference_run, tmp_path, monkeypatch,
                                                    stop_after):
-    ref = pipeline.run(tiny_config(tmp_path, "ref"))
+    ref, ref_dir = reference_run
     original = pipeline.CheckpointManager.save
     saves = []
 
@@ -133,7 +140,7 @@ def test_kill_and_resume_matches_uninterrupted_run(minari_root, tmp_path, monkey
     resumed = pipeline.run(tiny_config(tmp_path, "cut"))
     assert resumed["final"]["per_seed_return"] == ref["final"]["per_seed_return"]
     assert numeric_rows(read_rows(os.path.join(tmp_path, "cut"))) == numeric_rows(
-        read_rows(os.path.join(tmp_path, "ref")))
+        read_rows(ref_dir))
 
 
 def test_corrupt_and_mismatched_checkpoints_are_refused(minari_root, tmp_path, monkeypatch):
@@ -198,26 +205,37 @@ os.environ["MINARI_DATASETS_PATH"] = {minari!r}
 import jax
 from tests.test_pipeline import tiny_config
 from o2o_jax import pipeline
-cfg = tiny_config({out!r}, "run", num_seeds=2, shard_seeds={shard})
-s = pipeline.run(cfg)
-print("RESULT", json.dumps({{"devices": len(jax.devices()),
-                            "final": s["final"]["per_seed_return"],
-                            "offline": s["offline"]["per_seed_return"]}}))
+out = {{"devices": len(jax.devices())}}
+for shard in (True, False):
+    cfg = tiny_config({out_dir!r}, f"run{{shard}}", num_seeds=2, shard_seeds=shard)
+    state_sharding = []
+    original = pipeline.Sharder.seeds
+    def spy(self, tree, original=original):
+        placed = original(self, tree)
+        state_sharding.append(str(jax.tree_util.tree_leaves(placed)[0].sharding))
+        return placed
+    pipeline.Sharder.seeds = spy
+    s = pipeline.run(cfg)
+    pipeline.Sharder.seeds = original
+    out[str(shard)] = {{"final": s["final"]["per_seed_return"],
+                       "offline": s["offline"]["per_seed_return"],
+                       "sharding": state_sharding[-1]}}
+print("RESULT", json.dumps(out))
 """
 
 
 def test_sharded_run_equals_unsharded(minari_root, tmp_path):
-    results = {}
-    for shard in (True, False):
-        script = SHARD_SCRIPT.format(root=ROOT, minari=minari_root,
-                                     out=str(tmp_path / str(shard)), shard=shard)
-        env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-               "JAX_PLATFORMS": "cpu"}
-        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                             text=True, timeout=600)
-        assert out.returncode == 0, out.stderr[-3000:]
-        line = next(l for l in out.stdout.splitlines() if l.startswith("RESULT"))
-        results[shard] = json.loads(line[len("RESULT"):])
-    assert results[True]["devices"] == 2
+    script = SHARD_SCRIPT.format(root=ROOT, minari=minari_root, out_dir=str(tmp_path))
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+           "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = next(l for l in out.stdout.splitlines() if l.startswith("RESULT"))
+    res = json.loads(line[len("RESULT"):])
+    assert res["devices"] == 2
+    assert "NamedSharding" in res["True"]["sharding"]          # really spread over 2 devices
+    assert "NamedSharding" not in res["False"]["sharding"]
+    results = {True: res["True"], False: res["False"]}
     np.testing.assert_allclose(results[True]["final"], results[False]["final"], rtol=1e-4)
     np.testing.assert_allclose(results[True]["offline"], results[False]["offline"], rtol=1e-4)

@@ -1,0 +1,319 @@
+"""Datasets: Minari round trip of scripted episodes, returns-to-go, bad input, atomicity.
+
+Every test points Minari's root at a fresh tmp folder (MINARI_DATASETS_PATH).
+"""
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import minari
+import numpy as np
+import pytest
+
+from o2o_jax import envs
+from o2o_jax.data import loader, recipes, store
+from o2o_jax.data.loader import Dataset, DatasetError, DatasetNotFoundError
+
+OBS, ACT = 11, 3   # hopper
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def root(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    return tmp_path / "minari"
+
+
+def scripted_episode(e: int, length: int, end: str, obs_dim=OBS, act_dim=ACT):
+    """Episode `e`: every value encodes (episode, step), exactly representable in float32.
+
+    observations[t] = 100 e + t + 0.25 j (j = feature), actions = -(e + 0.125 t), rewards
+    = e + 0.5 t; `end` is 'terminal', 'truncated' or 'cut' (truncated by the data budget).
+    """
+    t = np.arange(length + 1, dtype=np.float64)
+    obs = 100.0 * e + t[:, None] + 0.25 * np.arange(obs_dim)[None, :]
+    acts = -(e + 0.125 * np.arange(length, dtype=np.float64))[:, None] * np.ones(act_dim) / 8
+    rews = e + 0.5 * np.arange(length, dtype=np.float64)
+    terms = np.zeros(length, bool)
+    truncs = np.zeros(length, bool)
+    (terms if end == "terminal" else truncs)[-1] = True
+    return {"observations": obs, "actions": acts, "rewards": rews, "terminations": terms,
+            "truncations": truncs}
+
+
+EPISODES = [(1, 3, "terminal"), (2, 4, "truncated"), (3, 1, "terminal"), (4, 2, "cut")]
+
+
+def write_scripted(dataset_id="o2o/hopper/scripted-v0", env_name="hopper", specs=EPISODES,
+                   obs_dim=OBS, act_dim=ACT):
+    eps = [scripted_episode(*s, obs_dim=obs_dim, act_dim=act_dim) for s in specs]
+    env = envs.make_env(env_name)
+    store.write_dataset(dataset_id, eps, env=env, metadata={"note": "scripted"})
+    env.close()
+    return eps
+
+
+def test_scripted_round_trip_through_minari_and_loader(root):
+    eps = write_scripted()
+    # 1. Minari itself reads back exactly what we wrote.
+    mds = minari.load_dataset("o2o/hopper/scripted-v0")
+    assert mds.total_episodes == 4 and mds.total_steps == 10
+    for ep, got in zip(eps, mds.iterate_episodes()):
+        np.testing.assert_array_equal(got.observations, ep["observations"])
+        np.testing.assert_array_equal(got.actions, ep["actions"].astype(np.float32))
+        np.testing.assert_array_equal(got.rewards, ep["rewards"])
+        np.testing.assert_array_equal(got.terminations, ep["terminations"])
+        np.testing.assert_array_equal(got.truncations, ep["truncations"])
+    # 2. Our loader: the expected flat arrays, written out step by step.
+    exp = {k: [] for k in ("observations", "next_observations", "actions", "rewards", "dones",
+                           "truncations", "episode_starts", "episode_ends")}
+    for (e, length, end), ep in zip(EPISODES, eps):
+        for t in range(length):
+            last = t == length - 1
+            exp["observations"].append(100.0 * e + t + 0.25 * np.arange(OBS))
+            exp["next_observations"].append(100.0 * e + t + 1 + 0.25 * np.arange(OBS))
+            exp["actions"].append(-(e + 0.125 * t) * np.ones(ACT) / 8)
+            exp["rewards"].append(e + 0.5 * t)
+            exp["dones"].append(float(last and end == "terminal"))
+            exp["truncations"].append(float(last and end != "terminal"))
+            exp["episode_starts"].append(float(t == 0))
+            exp["episode_ends"].append(float(last))
+    for load_path in ("cache", "hdf5"):
+        if load_path == "hdf5":
+            store.cache_path("o2o/hopper/scripted-v0").unlink()
+        ds = loader.load("o2o/hopper/scripted-v0", env_name="hopper")
+        assert (ds.num_transitions, ds.num_episodes, ds.obs_dim, ds.act_dim) == (10, 4, OBS, ACT)
+        for k, v in exp.items():
+            assert ds.arrays[k].dtype == np.float32, k
+            np.testing.assert_array_equal(ds.arrays[k], np.asarray(v, np.float32), err_msg=k)
+        # The final observation of an episode is its own, not the next episode's first.
+        assert ds.arrays["next_observations"][2, 0] == 100.0 + 3
+        assert ds.arrays["observations"][3, 0] == 200.0
+        assert ds.metadata["note"] == "scripted" and ds.metadata["o2o_complete"]
+    assert store.cache_path("o2o/hopper/scripted-v0").is_file()  # rewritten after hdf5 read
+    np.testing.assert_allclose(ds.episode_returns(), [1 + 1.5 + 2, 2 * 4 + 3, 3, 4 * 2 + 0.5])
+
+
+def test_returns_to_go_by_hand(root):
+    write_scripted()
+    ds = loader.load("o2o/hopper/scripted-v0")
+    g = 0.5
+    # rewards: ep1 [1, 1.5, 2] terminal; ep2 [2, 2.5, 3, 3.5] truncated; ep3 [3] terminal;
+    # ep4 [4, 4.5] cut (truncated).
+    zero = [1 + g * 1.5 + g * g * 2, 1.5 + g * 2, 2,
+            2 + g * 2.5 + g ** 2 * 3 + g ** 3 * 3.5, 2.5 + g * 3 + g ** 2 * 3.5, 3 + g * 3.5,
+            3.5, 3, 4 + g * 4.5, 4.5]
+    np.testing.assert_allclose(ds.returns_to_go(g), zero, rtol=1e-6)
+    # repeat_last: a truncated episode's last reward continues forever: r / (1 - g).
+    tail2, tail4 = 3.5 / (1 - g), 4.5 / (1 - g)
+    rep = list(zero)
+    for i, k in zip(range(3, 7), (4, 3, 2, 1)):
+        rep[i] = zero[i] - g ** (k - 1) * 3.5 + g ** (k - 1) * tail2
+    rep[8], rep[9] = 4 + g * tail4, tail4
+    np.testing.assert_allclose(ds.returns_to_go(g, "repeat_last"), rep, rtol=1e-6)
+    with pytest.raises(ValueError, match="truncated_tail"):
+        ds.returns_to_go(g, "bootstrap")
+    with pytest.raises(ValueError, match="discount"):
+        ds.returns_to_go(1.0, "repeat_last")
+
+
+def test_returns_to_go_matches_sequential_reference():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 30, size=200)
+    n = int(lengths.sum())
+    ends = np.cumsum(lengths) - 1
+    starts = ends - lengths + 1
+    dones = np.zeros(n, np.float32)
+    dones[ends[rng.random(len(ends)) < 0.5]] = 1.0
+    st = np.zeros(n, np.float32)
+    st[starts] = 1
+    en = np.zeros(n, np.float32)
+    en[ends] = 1
+    arrays = {"rewards": rng.normal(size=n).astype(np.float32), "dones": dones,
+              "episode_starts": st, "episode_ends": en}
+    ds = Dataset("synthetic", arrays, {})
+    for tail in ("zero", "repeat_last"):
+        ref = np.zeros(n)
+        for s, e in zip(starts, ends):   # plain backwards loop, one step at a time
+            r = arrays["rewards"].astype(np.float64)
+            nxt = 0.0 if (dones[e] or tail == "zero") else r[e] / (1 - 0.99)
+            for t in range(e, s - 1, -1):
+                nxt = r[t] + 0.99 * nxt
+                ref[t] = nxt
+        np.testing.assert_allclose(ds.returns_to_go(0.99, tail), ref, rtol=1e-5, atol=1e-4)
+
+
+# --------------------------------------------------------------------------------------
+# Bad input
+# --------------------------------------------------------------------------------------
+
+def test_unknown_env_or_kind(root):
+    with pytest.raises(ValueError, match="unknown env 'ant'"):
+        recipes.default_id("ant", "medium")
+    with pytest.raises(ValueError, match="unknown dataset kind 'meduim'.*medium-replay"):
+        loader.ensure("hopper", "meduim")
+    with pytest.raises(ValueError, match="unknown build settings"):
+        recipes.build("hopper", "random", transitons=10)
+
+
+def test_missing_dataset_names_the_build_command(root):
+    with pytest.raises(DatasetNotFoundError,
+                       match=r"o2o/hopper/medium-v0.*make_dataset --env=hopper --kind=medium"):
+        loader.load("o2o/hopper/medium-v0")
+    with pytest.raises(DatasetNotFoundError,
+                       match=r"minari download mujoco/walker2d/expert-v0.*--env=walker2d "
+                             r"--kind=expert"):
+        loader.load("mujoco/walker2d/expert-v0")
+
+
+def test_corrupt_and_truncated_files(root):
+    write_scripted()
+    h5 = store.data_path("o2o/hopper/scripted-v0") / "main_data.hdf5"
+    data = h5.read_bytes()
+    h5.write_bytes(data[: len(data) // 2])   # truncated (the flat cache no longer applies)
+    with pytest.raises(DatasetError, match=r"'o2o/hopper/scripted-v0'.*corrupt or truncated.*"
+                                           r"--force"):
+        loader.load("o2o/hopper/scripted-v0")
+    # Same size, altered contents: the checksum written at build time catches it.
+    write_scripted("o2o/hopper/scripted-v1")
+    import h5py
+    with h5py.File(store.data_path("o2o/hopper/scripted-v1") / "main_data.hdf5", "a") as f:
+        f["episode_1/rewards"][2] += 1.0
+    with pytest.raises(DatasetError, match="checksum.*sum of rewards"):
+        loader.load("o2o/hopper/scripted-v1")
+    # A damaged flat cache is only a cache miss.
+    write_scripted("o2o/hopper/scripted-v2")
+    cache = store.cache_path("o2o/hopper/scripted-v2")
+    cache.write_bytes(cache.read_bytes()[:100])
+    assert loader.load("o2o/hopper/scripted-v2").num_transitions == 10
+
+
+def test_spaces_must_match_env(root):
+    write_scripted()
+    with pytest.raises(DatasetError, match=r"'o2o/hopper/scripted-v0' does not match env "
+                                           r"'halfcheetah'.*11-dim.*17-dim"):
+        loader.load("o2o/hopper/scripted-v0", env_name="halfcheetah")
+    # walker2d and halfcheetah share dims (17, 6): the recorded env id tells them apart.
+    write_scripted("o2o/walker2d/scripted-v0", "walker2d", obs_dim=17, act_dim=6)
+    assert loader.load("o2o/walker2d/scripted-v0", env_name="walker2d").obs_dim == 17
+    with pytest.raises(DatasetError, match="recorded in Walker2d-v5, not in HalfCheetah-v5"):
+        loader.load("o2o/walker2d/scripted-v0", env_name="halfcheetah")
+
+
+def test_empty_dataset(root):
+    env = envs.make_env("hopper")
+    with pytest.raises(ValueError, match="no transitions"):
+        store.write_dataset("o2o/hopper/empty-v0", [], env=env, metadata={})
+    assert not store.exists_locally("o2o/hopper/empty-v0")
+    # An empty dataset made by other means (plain Minari) is refused at load time.
+    minari.create_dataset_from_buffers("other/hopper/empty-v0", [], env=env,
+                                       eval_env="Hopper-v5", algorithm_name="x", author="x",
+                                       author_email="x", code_permalink="x", description="x")
+    env.close()
+    with pytest.raises(DatasetError, match="'other/hopper/empty-v0' is empty"):
+        loader.load("other/hopper/empty-v0")
+
+
+def test_bad_episodes_are_refused(root):
+    env = envs.make_env("hopper")
+    bad = scripted_episode(1, 3, "terminal")
+    bad["terminations"][0] = True
+    with pytest.raises(ValueError, match="only terminate or truncate at its last step"):
+        store.write_dataset("o2o/hopper/bad-v0", [bad], env=env, metadata={})
+    short = scripted_episode(1, 3, "terminal")
+    short["observations"] = short["observations"][:-1]   # final observation missing
+    with pytest.raises(ValueError, match=r"observations has shape \(3, 11\)"):
+        store.write_dataset("o2o/hopper/bad-v0", [short], env=env, metadata={})
+    env.close()
+    assert not store.exists_locally("o2o/hopper/bad-v0")
+
+
+# --------------------------------------------------------------------------------------
+# Atomicity
+# --------------------------------------------------------------------------------------
+
+def test_interrupted_write_leaves_nothing_that_loads(root):
+    def episodes():
+        yield scripted_episode(1, 3, "terminal")
+        yield scripted_episode(2, 3, "terminal")
+        raise KeyboardInterrupt
+
+    env = envs.make_env("hopper")
+    with pytest.raises(KeyboardInterrupt):
+        store.write_dataset("o2o/hopper/random-v0", episodes(), env=env, metadata={})
+    env.close()
+    assert not store.exists_locally("o2o/hopper/random-v0")
+    assert "o2o/hopper/random-v0" not in minari.list_local_datasets()
+    assert not any((root / store.TMP_DIRNAME).iterdir())
+    with pytest.raises(DatasetNotFoundError):
+        loader.load("o2o/hopper/random-v0")
+
+
+def test_killed_build_leaves_nothing_that_loads(root):
+    """SIGKILL mid-write (no cleanup runs): only a hidden temp folder remains, and the
+    next build removes it."""
+    marker = root.parent / "started"
+    code = f"""
+import time, numpy as np
+from o2o_jax import envs
+from o2o_jax.data import store
+from tests.test_data import scripted_episode
+def eps():
+    for e in range(1000):
+        if e == 2:
+            open({str(marker)!r}, "w").close()
+            time.sleep(60)
+        yield scripted_episode(e, 3, "terminal")
+store.write_dataset("o2o/hopper/random-v0", eps(), env=envs.make_env("hopper"), metadata={{}})
+"""
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    deadline = time.time() + 60
+    while not marker.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert marker.exists(), "the writer never started"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not store.exists_locally("o2o/hopper/random-v0")
+    assert "o2o/hopper/random-v0" not in minari.list_local_datasets()
+    with pytest.raises(DatasetNotFoundError):
+        loader.load("o2o/hopper/random-v0")
+    leftovers = list((root / store.TMP_DIRNAME).iterdir())
+    assert len(leftovers) == 1
+    write_scripted()   # the next build cleans up after the dead one
+    assert not leftovers[0].exists()
+
+
+def test_dataset_without_completion_marker_is_refused(root):
+    write_scripted()
+    meta_path = store.data_path("o2o/hopper/scripted-v0") / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["o2o_complete"]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(DatasetError, match="incomplete build.*--force"):
+        loader.load("o2o/hopper/scripted-v0")
+
+
+def test_force_replaces_only_when_complete(root):
+    write_scripted()
+    env = envs.make_env("hopper")
+    with pytest.raises(FileExistsError, match="--force"):
+        store.write_dataset("o2o/hopper/scripted-v0", [scripted_episode(9, 2, "terminal")],
+                            env=env, metadata={})
+
+    def failing():
+        yield scripted_episode(9, 2, "terminal")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        store.write_dataset("o2o/hopper/scripted-v0", failing(), env=env, metadata={},
+                            force=True)
+    assert loader.load("o2o/hopper/scripted-v0").num_transitions == 10   # old one intact
+    store.write_dataset("o2o/hopper/scripted-v0", [scripted_episode(9, 2, "terminal")],
+                        env=env, metadata={}, force=True)
+    env.close()
+    assert loader.load("o2o/hopper/scripted-v0").num_transitions == 2

@@ -1,0 +1,155 @@
+"""The recipe at a tiny size: every kind builds, loads with the right shapes and metadata;
+medium-expert holds both parts; a missing dataset with no network gets built by `ensure`."""
+import json
+
+import numpy as np
+import pytest
+
+from o2o_jax import envs
+from o2o_jax.data import behavior, loader, recipes, store
+
+TINY = dict(transitions=240, train_steps=300, start_steps=100, chunk=100, eval_every=100,
+            eval_episodes=2, hidden_dims=(32, 32), batch_size=32, num_envs=4,
+            target_return=-1e9)   # reached at the first evaluation (100 env steps)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """All five hopper kinds built once into a fresh Minari root."""
+    root = tmp_path_factory.mktemp("minari")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MINARI_DATASETS_PATH", str(root))
+        logs = []
+        b = recipes.make_budget(**TINY)
+        ids = {k: recipes.build("hopper", k, b, log=logs.append)
+               for k in ("random", "medium", "medium-replay", "expert", "medium-expert")}
+        loaded = {k: loader.load(ds, env_name="hopper") for k, ds in ids.items()}
+        yield {"root": root, "ids": ids, "data": loaded, "logs": logs}
+
+
+def complete_episode_returns(ds):
+    """Mean return of episodes that ended by termination or the env's 1000-step limit."""
+    starts, ends = ds.episode_bounds()
+    out = []
+    for s, e in zip(starts, ends):
+        if ds.arrays["dones"][e - 1] > 0 or e - s == 1000:
+            out.append(ds.arrays["rewards"][s:e].astype(np.float64).sum())
+    return np.asarray(out)
+
+
+@pytest.mark.parametrize("kind", recipes.KINDS)
+def test_each_kind_builds_and_loads(built, kind):
+    ds = built["data"][kind]
+    assert ds.dataset_id == f"o2o/hopper/{kind}-v0"
+    n = {"medium-replay": 100, "medium-expert": 480}.get(kind, 240)
+    assert ds.num_transitions == n
+    for k, shape in {"observations": (n, 11), "actions": (n, 3), "rewards": (n,),
+                     "next_observations": (n, 11), "dones": (n,), "truncations": (n,),
+                     "episode_starts": (n,), "episode_ends": (n,)}.items():
+        assert ds.arrays[k].shape == shape and ds.arrays[k].dtype == np.float32, k
+    # Transitions chain inside an episode: next_obs[t] == obs[t + 1] unless t ends it.
+    inner = ds.arrays["episode_ends"][:-1] == 0
+    np.testing.assert_array_equal(ds.arrays["next_observations"][:-1][inner],
+                                  ds.arrays["observations"][1:][inner])
+    # Every episode ends with exactly one of termination / truncation.
+    ends = ds.arrays["episode_ends"] > 0
+    assert np.all(ds.arrays["dones"][~ends] == 0) and np.all(ds.arrays["truncations"][~ends] == 0)
+    assert np.all((ds.arrays["dones"][ends] + ds.arrays["truncations"][ends]) == 1)
+    assert np.all(np.abs(ds.arrays["actions"]) <= 1.0)
+    m = ds.metadata
+    assert m["o2o_env"] == "hopper" and m["o2o_kind"] == kind
+    assert m["o2o_recipe"] == recipes.RECIPES[kind]
+    assert (m["ref_min_score"], m["ref_max_score"]) == (-20.272305, 3234.3)
+    assert m["o2o_reference"]["random"] == -20.272305 and m["o2o_reference"]["expert"] == 3234.3
+    assert m["o2o_num_transitions"] == m["total_steps"] == n
+    assert json.loads(m["env_spec"])["id"] == "Hopper-v5"
+    assert m["o2o_build"]["budget"]["transitions"] == 240 and m["o2o_build_seconds"] >= 0
+    # Behaviour return recomputed independently from the arrays.
+    rets = complete_episode_returns(ds)
+    if len(rets):
+        assert m["o2o_behavior_return"] == pytest.approx(rets.mean(), rel=1e-5)
+        assert m["o2o_behavior_normalized_score"] == pytest.approx(
+            100 * (rets.mean() + 20.272305) / (3234.3 + 20.272305), rel=1e-5)
+
+
+def test_policies_saved_and_reloadable(built):
+    pdir = built["root"] / "o2o" / "hopper" / "policies" / "sac-seed0"
+    for role, steps in (("medium", 100), ("expert", 300)):
+        agent, info = behavior.load_policy(pdir / role)
+        assert info["env_steps"] == steps and info["role"] == role
+        assert info["agent_config"]["hidden_dims"] == [32, 32]
+        assert info["agent_config"]["cql_weight"] == 0.0
+        obs = np.zeros((2, 11), np.float32)
+        act = np.asarray(behavior.policy_fn(agent, 0, deterministic=True)(obs))
+        assert act.shape == (2, 3) and np.all(np.abs(act) <= 1)
+    # The datasets name the policy that generated them.
+    for kind in ("medium", "medium-replay", "expert"):
+        pol = built["data"][kind].metadata["o2o_policy"]
+        assert pol["file"] == f"o2o/hopper/policies/sac-seed0/" \
+                              f"{'expert' if kind == 'expert' else 'medium'}.msgpack"
+    # The expert continued the medium run instead of starting over.
+    assert any("continuing the run from its medium point" in line for line in built["logs"])
+
+
+def test_medium_replay_is_the_sac_replay_up_to_the_medium_point(built):
+    ds = built["data"]["medium-replay"]
+    # SAC's first 100 steps are its uniform warm-up from env.reset(seed=0).
+    env = envs.make_env("hopper")
+    obs0, _ = env.reset(seed=0)
+    env.close()
+    np.testing.assert_allclose(ds.arrays["observations"][0], obs0, rtol=1e-6)
+    assert ds.arrays["episode_ends"][-1] == 1   # the running episode is cut and truncated
+    assert ds.metadata["o2o_policy"]["env_steps"] == 100
+
+
+def test_medium_expert_contains_both_parts(built):
+    me, med, exp = (built["data"][k] for k in ("medium-expert", "medium", "expert"))
+    for k in me.arrays:
+        np.testing.assert_array_equal(me.arrays[k],
+                                      np.concatenate([med.arrays[k], exp.arrays[k]]), err_msg=k)
+    assert me.metadata["combined_datasets"] == ["o2o/hopper/medium-v0", "o2o/hopper/expert-v0"]
+    assert me.num_episodes == med.num_episodes + exp.num_episodes
+
+
+def test_build_keeps_existing_dataset(built, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(built["root"]))
+    logs = []
+    recipes.build("hopper", "random", recipes.make_budget(**TINY), log=logs.append)
+    assert "exists; keeping it" in logs[0]
+
+
+def test_missing_dataset_no_network_builds_then_loads(tmp_path, monkeypatch):
+    """A config naming Minari's official id, nothing local, a dead network: `ensure` gives
+    up on the download after its timeout, builds our recipe's dataset and loads it."""
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    monkeypatch.setattr(loader, "DOWNLOAD_CODE", "import time; time.sleep(60)")  # a hang
+    logs = []
+    ds = loader.ensure("hopper", "random", "mujoco/hopper/random-v0", build_transitions=150,
+                       download_timeout_s=1.0, log=logs.append)
+    text = "\n".join(logs)
+    assert "could not download mujoco/hopper/random-v0: no answer within 1 s" in text
+    assert "Building dataset o2o/hopper/random-v0: 150 transitions" in text
+    assert "Expected time" in text
+    assert ds.dataset_id == "o2o/hopper/random-v0" and ds.num_transitions == 150
+    assert not store.exists_locally("mujoco/hopper/random-v0")
+    # Second call: found locally, nothing rebuilt.
+    logs.clear()
+    again = loader.ensure("hopper", "random", "mujoco/hopper/random-v0", download_timeout_s=1.0,
+                          log=logs.append)
+    np.testing.assert_array_equal(again.arrays["observations"], ds.arrays["observations"])
+    assert not any("Building" in line for line in logs)
+
+
+def test_ensure_builds_medium_with_sac(tmp_path, monkeypatch):
+    """The README path: `ensure('hopper', 'medium')` on an empty root trains, rolls out,
+    caches, and loads; our own ids never try a download."""
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+
+    def no_download(*a, **k):
+        raise AssertionError("our ids must not be downloaded")
+
+    monkeypatch.setattr(loader, "try_download", no_download)
+    tiny = {k: v for k, v in TINY.items() if k != "transitions"}
+    ds = loader.ensure("hopper", "medium", build_transitions=120, log=lambda s: None, **tiny)
+    assert ds.num_transitions == 120 and ds.metadata["o2o_kind"] == "medium"
+    assert store.exists_locally("o2o/hopper/medium-replay-v0")   # side product of the run
