@@ -7,11 +7,11 @@ def quick(c):
     c.agent.num_members = 2
     c.agent.hidden_dims = (64, 64)
     c.agent.bc_steps = 2_000
-    c.offline.steps = 20_000
-    c.offline.chunk = 1_000
-    c.offline.eval_interval = 5_000
+    c.offline.steps = 10_000
+    c.offline.chunk = 500
+    c.offline.eval_interval = 2_500
     c.offline.eval_episodes = 5
-    c.online.epochs = 15
+    c.online.epochs = 20
     c.online.first_epoch_multiplier = 2
     c.online.eval_episodes = 5
     c.online.dr_hidden_dims = (64, 64)
