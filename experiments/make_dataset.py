@@ -54,7 +54,7 @@ def table_row(dataset_id: str) -> str:
     return (f"| {dataset_id} | {meta['total_steps']:,} | {meta['total_episodes']:,} | "
             f"{meta.get('o2o_behavior_return', float('nan')):.1f} | "
             f"{meta.get('o2o_behavior_normalized_score', float('nan')):.1f} | "
-            f"{format_seconds(build.get('seconds', 0))} | "
+            f"{format_seconds(meta.get('o2o_build_seconds', build.get('seconds', 0)))} | "
             f"{'' if steps is None else f'{steps:,}'} | {build.get('machine', '')} |")
 
 

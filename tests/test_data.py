@@ -317,3 +317,41 @@ def test_force_replaces_only_when_complete(root):
                         env=env, metadata={}, force=True)
     env.close()
     assert loader.load("o2o/hopper/scripted-v0").num_transitions == 2
+
+
+def test_progress_eta_counts_only_this_runs_rate(monkeypatch):
+    from o2o_jax.data import progress
+    clock = [1000.0]
+    monkeypatch.setattr(progress.time, "time", lambda: clock[0])
+    lines = []
+    p = progress.Progress("sac", 400, "steps", log=lines.append, initial=200, every_s=0)
+    clock[0] += 50.0
+    p.update(250, lambda: "eval 1.0")     # 50 steps in 50 s -> 150 left take 150 s
+    assert lines[-1] == "[sac] 250/400 steps (62%) elapsed 50s ETA 2m30s | eval 1.0"
+    assert progress.format_seconds(3725) == "1h02m"
+
+
+def test_failed_download_leaves_nothing(root, monkeypatch):
+    code = ("import os, pathlib, sys; pathlib.Path(os.environ['MINARI_DATASETS_PATH'], "
+            "sys.argv[1], 'data').mkdir(parents=True); "
+            "sys.exit('ConnectionError: Max retries exceeded')")
+    monkeypatch.setattr(loader, "DOWNLOAD_CODE", code)
+    ok, reason = loader.try_download("mujoco/hopper/medium-v0", timeout_s=30)
+    assert not ok and reason == "ConnectionError: Max retries exceeded"
+    assert not store.dataset_dir("mujoco/hopper/medium-v0").exists()
+
+
+def test_concurrent_builds_keep_the_first_finished(root):
+    env = envs.make_env("hopper")
+
+    def slow_episodes():   # while this build runs, another one finishes the same id
+        yield scripted_episode(1, 3, "terminal")
+        store.write_dataset("o2o/hopper/scripted-v0", [scripted_episode(7, 5, "terminal")],
+                            env=env, metadata={})
+        yield scripted_episode(2, 3, "terminal")
+
+    store.write_dataset("o2o/hopper/scripted-v0", slow_episodes(), env=env, metadata={})
+    env.close()
+    ds = loader.load("o2o/hopper/scripted-v0")
+    assert ds.num_transitions == 5 and ds.arrays["rewards"][0] == 7.0
+    assert not any((root / store.TMP_DIRNAME).iterdir())

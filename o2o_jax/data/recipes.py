@@ -1,0 +1,420 @@
+"""Our D4RL-style recipe (spec: shared/spec/datasets.md), built with our own SAC.
+
+* random: uniformly random actions in [-1, 1]^A; `transitions` of them.
+* medium: SAC until its stochastic eval return reaches `target_return` (default one third
+  of D4RL's expert return), then that policy rolled out stochastically; `transitions`.
+* medium-replay: every transition SAC collected up to that medium point (its random
+  warm-up steps included); whatever it holds.
+* expert: the same SAC run continued to `train_steps` env steps, rolled out
+  stochastically; `transitions`.
+* medium-expert: the medium and expert datasets concatenated; 2 x `transitions`.
+
+Differences from D4RL, recorded in each dataset's metadata: D4RL's random data came from a
+randomly *initialised* SAC policy, ours from uniform actions (the task's definition);
+Gymnasium v5 envs instead of v2; terminations and truncations stored separately.
+
+Ids: `o2o/<env>/<kind>-v0`. Behaviour policies and SAC training states are saved under
+`<minari root>/o2o/<env>/policies/sac-seed<seed>/` (`medium`, `expert`: `.msgpack`
+actor parameters + `.json` config and provenance; `*_agent.msgpack`: full training
+state), so a dataset can be rebuilt or extended without retraining, and an expert build
+continues the run from its medium point. A SAC run that passes the medium point also
+writes the medium-replay dataset if it is missing (it cannot be recovered later).
+"""
+import dataclasses
+import platform
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+
+from o2o_jax import envs
+from o2o_jax.data import behavior, store
+from o2o_jax.data.progress import format_seconds
+
+KINDS = ("random", "medium", "medium-replay", "expert", "medium-expert")
+NAMESPACE = "o2o"
+VERSION = 0
+REFERENCE_SOURCE = ("D4RL (Fu et al., 2020) random/expert raw returns for the v2 MuJoCo "
+                    "tasks, shared/spec/off2on.md section 7; our envs are Gymnasium v5")
+
+# Rough speeds on a 2-core AMD EPYC CPU (see DATASETS.md), for the announced estimate only.
+SAC_STEPS_PER_S = 95.0           # env step + gradient step + evals, hidden (256, 256)
+ROLLOUT_STEPS_PER_S = 5_800.0    # batched stochastic policy rollouts, 8 envs
+RANDOM_STEPS_PER_S = 7_600.0     # uniform random actions, 8 envs
+WRITE_EPISODES_PER_S = 500.0     # HDF5 episode groups written by Minari
+
+DIFFERENCES_FROM_D4RL = (
+    "Gymnasium v5 envs (D4RL: v2); terminations and truncations stored separately; random "
+    "data from uniform actions (D4RL: a randomly initialised SAC policy); the medium point "
+    "is judged on the stochastic policy that generates the data; the expert is trained for "
+    "the given SAC budget, not necessarily to D4RL's expert level")
+
+RECIPES = {
+    "random": "uniformly random actions in [-1, 1]^A (D4RL used a randomly initialised "
+              "SAC policy)",
+    "medium": "SAC trained until its stochastic evaluation return reached the target "
+              "(default one third of D4RL's expert return), then rolled out stochastically",
+    "medium-replay": "every transition in the replay buffer of that SAC run up to the "
+                     "medium point (random warm-up steps included)",
+    "expert": "the same SAC run trained to the full budget, rolled out stochastically",
+    "medium-expert": "the medium and expert datasets concatenated (medium first)",
+}
+
+
+def check_env_kind(env_name: str, kind: str) -> None:
+    envs.env_info(env_name)  # raises a clear ValueError for unknown envs
+    if kind not in KINDS:
+        raise ValueError(f"unknown dataset kind {kind!r}; allowed: {list(KINDS)} "
+                         "(--kind / config.dataset.kind)")
+
+
+def default_id(env_name: str, kind: str) -> str:
+    """Our recipe's Minari id, `o2o/<env>/<kind>-v0` (never collides with `mujoco/...`)."""
+    check_env_kind(env_name, kind)
+    return f"{NAMESPACE}/{env_name}/{kind}-v{VERSION}"
+
+
+def parse_id(dataset_id: str):
+    """(env, kind) if `dataset_id` is one of our recipe's ids, else None."""
+    parts = dataset_id.split("/")
+    if len(parts) != 3 or parts[0] != NAMESPACE or not parts[2].endswith(f"-v{VERSION}"):
+        return None
+    env_name, kind = parts[1], parts[2][:-len(f"-v{VERSION}")]
+    if env_name in envs.ENVS and kind in KINDS:
+        return env_name, kind
+    return None
+
+
+def build_command(env_name: str, kind: str) -> str:
+    return f"python -m experiments.make_dataset --env={env_name} --kind={kind}"
+
+
+def policy_dir(env_name: str, seed: int):
+    return store.dataset_root() / NAMESPACE / env_name / "policies" / f"sac-seed{seed}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """Sizes and the SAC budget. Defaults follow D4RL (1M transitions, SAC to 1M steps)."""
+    transitions: int = 1_000_000        # per rolled-out dataset (medium-expert: 2x)
+    train_steps: int = 1_000_000        # SAC env steps (= gradient steps) for the expert
+    target_return: Optional[float] = None   # medium point; None: expert reference / 3
+    seed: int = 0
+    hidden_dims: tuple = (256, 256)
+    batch_size: int = 256
+    start_steps: int = 10_000           # uniform-random warm-up actions
+    chunk: int = 1_000                  # env steps, then this many updates in one call
+    eval_every: int = 10_000
+    eval_episodes: int = 5
+    num_envs: int = 8                   # envs side by side in dataset rollouts
+
+    def target(self, env_name: str) -> float:
+        if self.target_return is not None:
+            return float(self.target_return)
+        return envs.env_info(env_name).expert_score / 3.0
+
+    def check(self) -> None:
+        for name in ("transitions", "train_steps", "batch_size", "chunk", "eval_every",
+                     "eval_episodes", "num_envs"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+
+
+def make_budget(**kwargs) -> Budget:
+    fields = {f.name for f in dataclasses.fields(Budget)}
+    unknown = sorted(set(kwargs) - fields)
+    if unknown:
+        raise ValueError(f"unknown build settings {unknown}; allowed: {sorted(fields)}")
+    if "hidden_dims" in kwargs:
+        kwargs["hidden_dims"] = tuple(kwargs["hidden_dims"])
+    b = Budget(**kwargs)
+    b.check()
+    return b
+
+
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    import os
+    return f"{model}, {os.cpu_count()} CPU cores"
+
+
+# --------------------------------------------------------------------------------------
+# Announcement
+# --------------------------------------------------------------------------------------
+
+def _sac_scale(b: Budget) -> float:
+    return (np.prod(b.hidden_dims) / 256.0 ** 2) * (b.batch_size / 256.0)
+
+
+def estimate_seconds(env_name: str, kind: str, b: Budget) -> float:
+    """A rough upper estimate from the speeds measured on a 2-core CPU (see the constants)."""
+    sac_rate = SAC_STEPS_PER_S / max(_sac_scale(b), 0.05)
+    rollout = b.transitions / ROLLOUT_STEPS_PER_S
+    pdir = policy_dir(env_name, b.seed)
+    if kind == "random":
+        return b.transitions / RANDOM_STEPS_PER_S + b.transitions / 20 / WRITE_EPISODES_PER_S
+    if kind in ("medium", "medium-replay"):
+        train = 0.0 if (kind == "medium" and (pdir / "medium.json").exists()) \
+            else b.train_steps / sac_rate
+        return train + (rollout if kind == "medium" else 0.0)
+    if kind == "expert":
+        train = 0.0 if (pdir / "expert.json").exists() else b.train_steps / sac_rate
+        return train + rollout
+    return sum(estimate_seconds(env_name, k, b) for k in ("medium", "expert")
+               if not store.exists_locally(default_id(env_name, k)))
+
+
+def describe(env_name: str, kind: str, b: Budget) -> str:
+    ds = default_id(env_name, kind)
+    target = b.target(env_name)
+    sac = (f"SAC {b.hidden_dims} (batch {b.batch_size}, {b.start_steps:,} random warm-up "
+           f"steps, UTD 1)")
+    what = {
+        "random": f"{b.transitions:,} transitions of uniformly random actions",
+        "medium": f"{sac} until its eval return reaches {target:.1f} (at most "
+                  f"{b.train_steps:,} env steps), then {b.transitions:,} transitions of it",
+        "medium-replay": f"{sac} until its eval return reaches {target:.1f} (at most "
+                         f"{b.train_steps:,} env steps); its whole replay buffer",
+        "expert": f"{sac} for {b.train_steps:,} env steps, then {b.transitions:,} "
+                  "transitions of it",
+        "medium-expert": f"medium + expert datasets ({b.transitions:,} transitions each)",
+    }[kind]
+    est = estimate_seconds(env_name, kind, b)
+    return (f"Building dataset {ds}: {what}. Expected time: up to ~{format_seconds(est)} "
+            f"(rough, from a 2-core CPU at ~{SAC_STEPS_PER_S:.0f} SAC steps/s; reused "
+            f"policies or an early medium point make it shorter). Progress with ETA follows.")
+
+
+# --------------------------------------------------------------------------------------
+# Writing one dataset
+# --------------------------------------------------------------------------------------
+
+def _returns_summary(env_name: str, episodes: List[Dict[str, Any]]) -> Dict[str, Any]:
+    complete = [float(np.sum(e["rewards"])) for e in episodes if not e.get("cut", False)]
+    basis = complete or [float(np.sum(e["rewards"])) for e in episodes]
+    mean = float(np.mean(basis))
+    return {"o2o_behavior_return": mean,
+            "o2o_behavior_return_std": float(np.std(basis)),
+            "o2o_behavior_normalized_score": float(envs.normalized_score(env_name, mean)),
+            "o2o_complete_episodes": len(complete),
+            "o2o_cut_episodes": len(episodes) - len(complete)}
+
+
+def write(env_name: str, kind: str, episodes: List[Dict[str, Any]], b: Budget, *,
+          started: float, force: bool, log: Callable[[str], None],
+          policy: Optional[Dict[str, Any]] = None, extra: Optional[Dict[str, Any]] = None
+          ) -> str:
+    """Write `episodes` as `o2o/<env>/<kind>-v0` with the recipe's metadata."""
+    dataset_id = default_id(env_name, kind)
+    info = envs.env_info(env_name)
+    metadata = {
+        "algorithm_name": f"o2o_jax D4RL-style recipe: {kind}",
+        "author": {"o2o_jax"},
+        "code_permalink": "o2o_jax/data/recipes.py",
+        "description": f"{env_name} {kind}: {RECIPES[kind]}.",
+        "ref_min_score": info.random_score,
+        "ref_max_score": info.expert_score,
+        "o2o_env": env_name,
+        "o2o_kind": kind,
+        "o2o_recipe": RECIPES[kind],
+        "o2o_differences_from_d4rl": DIFFERENCES_FROM_D4RL,
+        "o2o_reference": {"random": info.random_score, "expert": info.expert_score,
+                          "source": REFERENCE_SOURCE, "gym_id": info.gym_id},
+        **_returns_summary(env_name, episodes),
+        "o2o_policy": policy or {},
+        "o2o_build": {"machine": machine(),
+                      "budget": dataclasses.asdict(b),
+                      "target_return": b.target(env_name)},
+        **(extra or {}),
+    }
+    env = envs.make_env(env_name)
+    try:
+        log(f"[{dataset_id}] writing {sum(len(e['rewards']) for e in episodes):,} "
+            f"transitions in {len(episodes):,} episodes")
+        store.write_dataset(dataset_id, episodes, env=env, metadata=metadata, force=force,
+                            started=started, log=log)
+    finally:
+        env.close()
+    log(f"[{dataset_id}] done: behaviour return {metadata['o2o_behavior_return']:.1f} "
+        f"(normalised {metadata['o2o_behavior_normalized_score']:.1f}), "
+        f"{format_seconds(time.time() - started)}")
+    return dataset_id
+
+
+# --------------------------------------------------------------------------------------
+# Behaviour policies
+# --------------------------------------------------------------------------------------
+
+def _policy_info(env_name: str, snap: behavior.Snapshot, b: Budget, role: str,
+                 target_reached: bool, train_seconds: float) -> Dict[str, Any]:
+    obs_dim, act_dim = envs.env_dims(env_name)
+    det = envs.evaluate(behavior.policy_fn(snap.agent, b.seed, deterministic=True), env_name,
+                        b.eval_episodes, seed=20_000)
+    return {"role": role, "env": env_name, "obs_dim": obs_dim, "act_dim": act_dim,
+            "seed": b.seed, "env_steps": snap.env_steps,
+            "eval_return_stochastic": snap.eval_return,
+            "eval_return_deterministic": float(np.mean(det)),
+            "eval_episodes": b.eval_episodes, "target_return": b.target(env_name),
+            "target_reached": bool(target_reached),
+            "train_seconds_so_far": round(train_seconds, 1)}
+
+
+def _save_snapshot(env_name: str, role: str, snap: behavior.Snapshot, cfg, b: Budget,
+                   target_reached: bool, train_seconds: float,
+                   log: Callable[[str], None]) -> Dict[str, Any]:
+    pdir = policy_dir(env_name, b.seed)
+    info = _policy_info(env_name, snap, b, role, target_reached, train_seconds)
+    info["file"] = str((pdir / role).relative_to(store.dataset_root())) + ".msgpack"
+    behavior.save_agent(pdir / f"{role}_agent.msgpack", snap.agent)
+    behavior.save_policy(pdir / role, snap.agent, cfg, info)
+    log(f"[policy] saved the {role} policy ({snap.env_steps:,} env steps, stochastic eval "
+        f"{info['eval_return_stochastic']:.1f}, deterministic "
+        f"{info['eval_return_deterministic']:.1f}) to {pdir / role}.msgpack")
+    return info
+
+
+def _run_sac(env_name: str, b: Budget, *, to_expert: bool, force_replay: bool,
+             log: Callable[[str], None]) -> Dict[str, Any]:
+    """Train (or continue) the SAC run; saves policies and writes medium-replay if missing."""
+    pdir = policy_dir(env_name, b.seed)
+    replay_id = default_id(env_name, "medium-replay")
+    cfg = behavior.sac_config(b.hidden_dims)
+    started = time.time()
+    target = b.target(env_name)
+    resume = None
+    if (to_expert and not force_replay and (pdir / "medium_agent.msgpack").exists()
+            and (pdir / "medium.json").exists() and store.exists_locally(replay_id)):
+        template, meta = behavior.load_policy(pdir / "medium")
+        cfg = behavior.config_from_json(meta["agent_config"])
+        agent = behavior.load_agent(pdir / "medium_agent.msgpack", template)
+        episodes = list(store.read_episodes(replay_id))
+        resume = (agent, int(meta["env_steps"]), episodes)
+        if b.train_steps <= resume[1]:
+            log(f"[SAC] WARNING: --train_steps={b.train_steps:,} is not beyond the medium "
+                f"point ({resume[1]:,} env steps): the expert policy will be the medium one.")
+        log(f"[SAC] continuing the run from its medium point ({meta['env_steps']:,} env "
+            f"steps, replay {replay_id})")
+    if not to_expert and (pdir / "medium.json").exists():
+        log(f"[SAC] note: retraining replaces the saved medium policy in {pdir}; datasets "
+            "rolled out from the old one (medium, expert, medium-expert) then come from "
+            "another run: rebuild them with --force to keep one lineage.")
+    out: Dict[str, Any] = {}
+
+    def on_medium(snap: behavior.Snapshot, replay: List[Dict[str, Any]]) -> None:
+        reached = snap.eval_return >= target
+        out["medium"] = _save_snapshot(env_name, "medium", snap, cfg, b, reached,
+                                       time.time() - started, log)
+        if force_replay or not store.exists_locally(replay_id):
+            write(env_name, "medium-replay", replay, b, started=started, force=force_replay,
+                  log=log, policy=out["medium"])
+            out["medium-replay"] = replay_id
+
+    run = behavior.train_sac(
+        env_name, cfg, train_steps=b.train_steps, target_return=target,
+        stop_at_target=not to_expert, seed=b.seed, batch_size=b.batch_size,
+        start_steps=b.start_steps, chunk=b.chunk, eval_every=b.eval_every,
+        eval_episodes=b.eval_episodes, resume=resume, on_medium=on_medium, log=log,
+        label=f"{env_name} SAC")
+    if run.medium is None and resume is None and to_expert:
+        log(f"[SAC] WARNING: eval return never reached the medium target {target:.1f}; "
+            "no medium policy or medium-replay data came out of this run.")
+    elif run.medium is None and resume is None:
+        log(f"[SAC] WARNING: eval return never reached the target {target:.1f} in "
+            f"{b.train_steps:,} env steps (last {run.final.eval_return:.1f}); using the "
+            "final policy as the medium policy and the whole run as medium-replay. Raise "
+            "--train_steps or lower --target_return for a true medium point.")
+        on_medium(run.final, run.final_replay)
+    if to_expert:
+        out["expert"] = _save_snapshot(env_name, "expert", run.final, cfg, b, True,
+                                       time.time() - started, log)
+    return out
+
+
+def _policy(env_name: str, role: str, b: Budget, log: Callable[[str], None]):
+    """The saved `role` policy (training it first if needed): (agent, info)."""
+    pdir = policy_dir(env_name, b.seed)
+    if not (pdir / f"{role}.json").exists():
+        _run_sac(env_name, b, to_expert=(role == "expert"), force_replay=False, log=log)
+    else:
+        log(f"[policy] reusing the saved {role} policy {pdir / role}.msgpack")
+    return behavior.load_policy(pdir / role)
+
+
+# --------------------------------------------------------------------------------------
+# Kinds
+# --------------------------------------------------------------------------------------
+
+def _build_rollout(env_name: str, kind: str, b: Budget, force: bool,
+                   log: Callable[[str], None]) -> str:
+    started = time.time()
+    if kind == "random":
+        act_dim = envs.env_dims(env_name)[1]
+        policy, info = behavior.uniform_policy(act_dim, b.seed), {"role": "uniform random"}
+    else:
+        agent, info = _policy(env_name, kind, b, log)
+        policy = behavior.policy_fn(agent, b.seed + 1)
+        info = {**info, "rollout": "stochastic"}
+    episodes = behavior.rollout(env_name, policy, b.transitions, seed=b.seed + 1000,
+                                num_envs=b.num_envs, label=f"{env_name}-{kind} rollout",
+                                log=log)
+    return write(env_name, kind, episodes, b, started=started, force=force, log=log,
+                 policy=info)
+
+
+def _build_medium_expert(env_name: str, b: Budget, force: bool,
+                         log: Callable[[str], None]) -> str:
+    started = time.time()
+    parts = [default_id(env_name, k) for k in ("medium", "expert")]
+    for k, ds in zip(("medium", "expert"), parts):
+        if not store.exists_locally(ds):
+            log(f"[medium-expert] {ds} is missing: building it first")
+            build(env_name, k, b, log=log)
+    episodes, part_info = [], {}
+    env = envs.make_env(env_name)
+    max_steps = env.spec.max_episode_steps or np.inf
+    env.close()
+    for ds in parts:
+        eps = list(store.read_episodes(ds))
+        for e in eps:  # episodes the parts' data budget cut short (not time limits)
+            e["cut"] = bool(e["truncations"][-1]) and len(e["rewards"]) < max_steps
+        meta = store.read_raw_metadata(ds)
+        part_info[ds] = {k: meta.get(k) for k in ("o2o_num_transitions",
+                                                  "o2o_behavior_return",
+                                                  "o2o_behavior_normalized_score")}
+        episodes += eps
+    return write(env_name, "medium-expert", episodes, b, started=started, force=force,
+                 log=log, extra={"combined_datasets": parts, "o2o_parts": part_info})
+
+
+def build(env_name: str, kind: str, budget: Optional[Budget] = None, *, force: bool = False,
+          log: Optional[Callable[[str], None]] = None, **settings) -> str:
+    """Build `o2o/<env>/<kind>-v0` with the recipe and return its id.
+
+    `budget` or keyword `settings` (fields of `Budget`) set sizes and the SAC budget.
+    An existing dataset is kept unless `force`. Policies saved by an earlier build are
+    reused (delete `policy_dir(env, seed)` to retrain).
+    """
+    log = log or print
+    check_env_kind(env_name, kind)
+    b = budget if budget is not None else make_budget(**settings)
+    dataset_id = default_id(env_name, kind)
+    if store.exists_locally(dataset_id) and not force:
+        log(f"[{dataset_id}] exists; keeping it (use --force to rebuild)")
+        return dataset_id
+    log(describe(env_name, kind, b))
+    if kind == "medium-replay":
+        out = _run_sac(env_name, b, to_expert=False, force_replay=True, log=log)
+        if "medium-replay" not in out:
+            raise RuntimeError(f"the SAC run did not produce {dataset_id}")
+        return dataset_id
+    if kind == "medium-expert":
+        return _build_medium_expert(env_name, b, force, log)
+    return _build_rollout(env_name, kind, b, force, log)
