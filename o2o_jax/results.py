@@ -29,6 +29,8 @@ CONFIG_DEFAULTS = {"num_seeds": 1, "seed": 0}
 # The index ("x") column of each phase.
 PHASE_X = {"online": "env_steps", "offline": "step"}
 
+_MISSING = object()
+
 
 @dataclass
 class Run:
@@ -46,17 +48,15 @@ class Run:
     def num_rows(self) -> int:
         return len(next(iter(self.metrics.values()))) if self.metrics else 0
 
-    def get(self, key: str, default: Any = None) -> Any:
-        """Config value by dotted key, e.g. run.get("online.replay")."""
+    def get(self, key: str, default: Any = _MISSING) -> Any:
+        """Config value by dotted key, e.g. run.get("online.replay"); absent keys give
+        `default` if given, else CONFIG_DEFAULTS' value (num_seeds 1, seed 0), else None."""
         return config_value(self.config, key, default)
 
     def __repr__(self):
         return (f"Run({self.name!r}, algo={self.get('algo')!r}, "
                 f"replay={self.get('online.replay')!r}, N={self.get('agent.num_members')!r}, "
                 f"rows={self.num_rows})")
-
-
-_MISSING = object()
 
 
 def config_value(config: Dict[str, Any], key: str, default: Any = _MISSING) -> Any:
