@@ -21,3 +21,18 @@ def tiny_agent_cfg() -> ml_collections.ConfigDict:
     c.hidden_dims = (16, 16)
     c.bc_steps = 0
     return c
+
+
+@pytest.fixture(scope="session")
+def minari_root(tmp_path_factory):
+    """A tiny random hopper dataset, built once per test process by the recipe."""
+    root = str(tmp_path_factory.mktemp("minari"))
+    old = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = root
+    from o2o_jax import data
+    data.ensure("hopper", "random", build_transitions=1500, seed=0)
+    yield root
+    if old is None:
+        os.environ.pop("MINARI_DATASETS_PATH", None)
+    else:
+        os.environ["MINARI_DATASETS_PATH"] = old

@@ -14,19 +14,13 @@ from o2o_jax.agents import actor_critic as ac
 from o2o_jax.agents import cql, ensemble, sac
 from o2o_jax import offline
 from tests import numpy_ref as ref
+from tests.helpers import random_batch
 
 OBS, ACT, B = 4, 2, 6
 
 
 def make_batch(seed=0, b=B):
-    rng = np.random.default_rng(seed)
-    return {
-        "observations": jnp.asarray(rng.normal(size=(b, OBS)), jnp.float32),
-        "actions": jnp.asarray(rng.uniform(-0.9, 0.9, size=(b, ACT)), jnp.float32),
-        "rewards": jnp.asarray(rng.normal(size=b), jnp.float32),
-        "next_observations": jnp.asarray(rng.normal(size=(b, OBS)), jnp.float32),
-        "dones": jnp.asarray(rng.integers(0, 2, size=b), jnp.float32),
-    }
+    return random_batch(seed, b, OBS, ACT)
 
 
 def perturb(agent, seed):

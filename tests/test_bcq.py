@@ -11,6 +11,7 @@ import pytest
 from o2o_jax import offline
 from o2o_jax.agents import bcq
 from tests import numpy_ref as ref
+from tests.helpers import random_batch
 
 OBS, ACT, B, N_CAND = 4, 2, 6, 5
 LATENT = 2 * ACT
@@ -32,14 +33,7 @@ def make_cfg():
 
 
 def make_batch(seed=0, b=B):
-    rng = np.random.default_rng(seed)
-    return {
-        "observations": jnp.asarray(rng.normal(size=(b, OBS)), jnp.float32),
-        "actions": jnp.asarray(rng.uniform(-0.9, 0.9, size=(b, ACT)), jnp.float32),
-        "rewards": jnp.asarray(rng.normal(size=b), jnp.float32),
-        "next_observations": jnp.asarray(rng.normal(size=(b, OBS)), jnp.float32),
-        "dones": jnp.asarray([0, 1] * (b // 2), jnp.float32),
-    }
+    return random_batch(seed, b, OBS, ACT, dones="alternate")
 
 
 # --- NumPy networks ------------------------------------------------------------------

@@ -8,6 +8,7 @@ import pytest
 from scipy import stats
 
 from o2o_jax.replay import buffers, sum_tree
+from tests.helpers import pooled_chisquare
 
 OBS_DIM, ACT_DIM = 3, 2
 EXAMPLE = {"observations": np.zeros(OBS_DIM, np.float32), "actions": np.zeros(ACT_DIM, np.float32),
@@ -27,16 +28,6 @@ def make_transitions(ids):
 
 def ids_of(batch):
     return np.asarray(batch["rewards"]) / 2.0
-
-
-def pooled_chisquare(counts, probs, min_expected=5.0):
-    expected = probs * counts.sum()
-    small = expected < min_expected
-    obs = np.append(counts[~small], counts[small].sum())
-    exp = np.append(expected[~small], expected[small].sum())
-    if exp[-1] == 0:
-        obs, exp = obs[:-1], exp[:-1]
-    return stats.chisquare(obs, exp)
 
 
 # Many independent batches at once (module level so that compilations are cached).

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from tests.test_pipeline import ROOT, minari_root  # noqa: F401
+from tests.test_pipeline import ROOT
 
 TINY = ["--config.dataset.kind=random", "--config.dataset.build_transitions=1500",
         "--config.agent.hidden_dims=(8,8)", "--config.agent.num_members=2",
@@ -20,7 +20,7 @@ TINY = ["--config.dataset.kind=random", "--config.dataset.build_transitions=1500
         "--config.online.dr_hidden_dims=(8,8)"]
 
 
-def test_compare_writes_table_consistent_with_runs(minari_root, tmp_path):  # noqa: F811
+def test_compare_writes_table_consistent_with_runs(minari_root, tmp_path):
     out = str(tmp_path / "cmp")
     env = {**os.environ, "MINARI_DATASETS_PATH": minari_root, "PYTHONPATH": ROOT}
     proc = subprocess.run(

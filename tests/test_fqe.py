@@ -9,19 +9,13 @@ from configs import base
 from o2o_jax.agents import actor_critic as ac
 from o2o_jax.agents import ensemble, fqe
 from tests import numpy_ref as ref
+from tests.helpers import random_batch
 
 OBS, ACT, B = 5, 1, 6   # the chain MDP below has 5 one-hot states and 1-D actions
 
 
 def make_batch(seed=0, b=B):
-    rng = np.random.default_rng(seed)
-    return {
-        "observations": jnp.asarray(rng.normal(size=(b, OBS)), jnp.float32),
-        "actions": jnp.asarray(rng.uniform(-0.9, 0.9, size=(b, ACT)), jnp.float32),
-        "rewards": jnp.asarray(rng.normal(size=b), jnp.float32),
-        "next_observations": jnp.asarray(rng.normal(size=(b, OBS)), jnp.float32),
-        "dones": jnp.asarray([0, 1] * (b // 2), jnp.float32),
-    }
+    return random_batch(seed, b, OBS, ACT, dones="alternate")
 
 
 def tiny_cfg():

@@ -6,11 +6,11 @@ import pytest
 
 from configs import algos
 from o2o_jax import pipeline
-from tests.test_pipeline import minari_root, read_rows, tiny_config  # noqa: F401
+from tests.test_pipeline import read_rows, tiny_config
 
 
 @pytest.mark.parametrize("method", sorted(set(algos.PRESETS) - {"off2on"}))
-def test_method_runs_end_to_end(minari_root, tmp_path, method):  # noqa: F811
+def test_method_runs_end_to_end(minari_root, tmp_path, method):
     cfg = tiny_config(tmp_path, method)
     algos.apply(cfg, method)
     cfg.online.epochs = 2

@@ -9,19 +9,13 @@ from o2o_jax import density_ratio as dr
 from o2o_jax import online
 from o2o_jax.agents import ensemble, sac
 from o2o_jax.replay import buffers
+from tests.helpers import random_batch
 
 OBS, ACT, M = 4, 2, 200
 
 
 def offline_data(seed=0, m=M):
-    rng = np.random.default_rng(seed)
-    return {
-        "observations": jnp.asarray(rng.normal(size=(m, OBS)), jnp.float32),
-        "actions": jnp.asarray(rng.uniform(-0.9, 0.9, size=(m, ACT)), jnp.float32),
-        "rewards": jnp.asarray(rng.normal(size=m), jnp.float32),
-        "next_observations": jnp.asarray(rng.normal(size=(m, OBS)), jnp.float32),
-        "dones": jnp.asarray(rng.integers(0, 2, size=m), jnp.float32),
-    }
+    return random_batch(seed, m, OBS, ACT)
 
 
 def online_cfg(replay="balanced"):

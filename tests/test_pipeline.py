@@ -16,21 +16,6 @@ from o2o_jax import checkpoints, pipeline
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module")
-def minari_root(tmp_path_factory):
-    """A tiny random hopper dataset, built once for the module by the recipe."""
-    root = str(tmp_path_factory.mktemp("minari"))
-    old = os.environ.get("MINARI_DATASETS_PATH")
-    os.environ["MINARI_DATASETS_PATH"] = root
-    from o2o_jax import data
-    data.ensure("hopper", "random", build_transitions=1500, seed=0)
-    yield root
-    if old is None:
-        os.environ.pop("MINARI_DATASETS_PATH", None)
-    else:
-        os.environ["MINARI_DATASETS_PATH"] = old
-
-
 def tiny_config(run_dir, name, **overrides):
     c = hopper_medium.get_config("quick")
     c.dataset.kind = "random"

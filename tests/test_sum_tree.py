@@ -5,9 +5,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import stats
 
 from o2o_jax.replay import sum_tree
+from tests.helpers import pooled_chisquare
 
 
 def numpy_tree(leaves: np.ndarray) -> np.ndarray:
@@ -21,17 +21,6 @@ def numpy_tree(leaves: np.ndarray) -> np.ndarray:
     for i in range(p2 - 1, 0, -1):
         nodes[i] = np.float32(nodes[2 * i]) + np.float32(nodes[2 * i + 1])
     return nodes
-
-
-def pooled_chisquare(counts: np.ndarray, probs: np.ndarray, min_expected: float = 5.0):
-    """Chi-square GOF, pooling every bin with expected count < min_expected into one bin."""
-    expected = probs * counts.sum()
-    small = expected < min_expected
-    obs = np.append(counts[~small], counts[small].sum())
-    exp = np.append(expected[~small], expected[small].sum())
-    if exp[-1] == 0:
-        obs, exp = obs[:-1], exp[:-1]
-    return stats.chisquare(obs, exp)
 
 
 # Many independent batches at once; module level so that the compilation is cached.
