@@ -328,8 +328,7 @@ def finetune(ctx: Context, state, key, start_epoch: int = 0, resume_meta=None):
             break
         # Collect: one batched policy call per env step for all seeds.
         key, k_collect, k_auc, k_train = split_each(key, 4)
-        step_keys = np.asarray(jax.vmap(
-            lambda k: jax.random.split(k, oc.env_steps_per_epoch))(k_collect))
+        step_keys = np.asarray(_split_each(k_collect, oc.env_steps_per_epoch))
         steps = []
         for t in range(oc.env_steps_per_epoch):
             action = act(state.agent, jnp.asarray(env.obs[:, None]),
