@@ -1,11 +1,10 @@
-"""Run directories: resolved config, metrics CSV, summary, and a progress line with ETA."""
+"""Run directories (resolved config, metrics CSV, summary) and progress lines with ETA."""
 import csv
 import json
-import math
 import os
 import sys
 import time
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import numpy as np
 
@@ -56,42 +55,60 @@ class MetricsCSV:
                 csv.DictWriter(f, self.columns, restval="").writerow(row)
 
 
+def format_seconds(seconds: float) -> str:
+    """1h02m, 3m07s, 12s."""
+    seconds = max(0.0, float(seconds))
+    if seconds >= 3600:
+        return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+    if seconds >= 60:
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    return f"{seconds:.0f}s"
+
+
 class Progress:
-    """A one-line progress report with rate and ETA, printed at most every `every` s."""
+    """Prints `label count/total (pct) elapsed ETA [extra]` lines, rate-limited."""
 
-    def __init__(self, total: int, desc: str, every: float = 2.0, stream=sys.stderr,
-                 initial: int = 0):
-        """`initial`: work already done before this process (resume); excluded from rate."""
-        self.total, self.desc, self.every, self.stream = total, desc, every, stream
-        self.initial = initial
+    def __init__(self, label: str, total: int, unit: str = "", every_s: float = 10.0,
+                 log: Optional[Callable[[str], None]] = None, initial: int = 0):
+        """`initial`: work already done before this run (a resumed job); the ETA uses the
+        rate of this run only."""
+        self.label, self.total, self.unit, self.every_s = label, max(int(total), 1), unit, every_s
+        self.log = log or (lambda s: print(s, file=sys.stderr, flush=True))
         self.start = time.time()
-        self.last = 0.0
-        self.tty = hasattr(stream, "isatty") and stream.isatty()
+        self.initial = self.count = int(initial)
+        self._last_print = -float("inf")
 
-    def update(self, done: int, extra: str = "", force: bool = False):
+    @property
+    def elapsed(self) -> float:
+        return time.time() - self.start
+
+    def line(self, extra: str = "") -> str:
+        frac = min(self.count / self.total, 1.0)
+        done_here = self.count - self.initial
+        eta_s = "?"
+        if done_here > 0:
+            eta_s = format_seconds(self.elapsed * max(self.total - self.count, 0) / done_here)
+        unit = f" {self.unit}" if self.unit else ""
+        rate = done_here / self.elapsed if self.elapsed > 0 else 0.0
+        text = (f"[{self.label}] {self.count:,}/{self.total:,}{unit} ({100 * frac:.0f}%) "
+                f"{rate:,.1f}{unit}/s elapsed {format_seconds(self.elapsed)} ETA {eta_s}")
+        return f"{text} | {extra}" if extra else text
+
+    def update(self, count: int, extra="", force: bool = False) -> None:
+        """Set the absolute count; print if `every_s` passed since the last line (or force).
+
+        `extra` is a string or a zero-argument callable, called only when a line is printed.
+        """
+        self.count = int(count)
         now = time.time()
-        if not force and now - self.last < self.every and done < self.total:
-            return
-        self.last = now
-        elapsed = now - self.start
-        rate = (done - self.initial) / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - done) / rate if rate > 0 else math.inf
-        frac = done / max(self.total, 1)
-        bar = "#" * int(20 * frac) + "-" * (20 - int(20 * frac))
-        line = (f"{self.desc} [{bar}] {done}/{self.total} {100 * frac:5.1f}% "
-                f"{rate:8.1f}/s elapsed {format_seconds(elapsed)} ETA {format_seconds(eta)}"
-                + (f" | {extra}" if extra else ""))
-        self.stream.write(("\r" + line) if self.tty else line + "\n")
-        if self.tty and done >= self.total:
-            self.stream.write("\n")
-        self.stream.flush()
+        if force or now - self._last_print >= self.every_s:
+            self._last_print = now
+            self.log(self.line(extra() if callable(extra) else extra))
 
-
-def format_seconds(s: float) -> str:
-    if not math.isfinite(s):
-        return "?"
-    s = int(s)
-    return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+    def done(self, extra: str = "") -> None:
+        unit = f" {self.unit}" if self.unit else ""
+        msg = f"[{self.label}] done: {self.count:,}{unit} in {format_seconds(self.elapsed)}"
+        self.log(f"{msg} | {extra}" if extra else msg)
 
 
 class RunDir:

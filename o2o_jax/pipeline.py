@@ -218,7 +218,7 @@ def pretrain(ctx: Context, members, key, start_step: int = 0):
     """Offline phase: cfg.offline.steps updates per member per seed, evaluating and
     checkpointing periodically. Returns (members, mean eval return per seed or None)."""
     cfg, oc = ctx.cfg, ctx.cfg.offline
-    progress = Progress(oc.steps, "offline " + cfg.algo, initial=start_step)
+    progress = Progress("offline " + cfg.algo, oc.steps, "steps", every_s=5.0, initial=start_step)
     step, last_eval = start_step, None
     ckpt_every = cfg.checkpoint.every_offline_steps or oc.steps
     while step < oc.steps:
@@ -258,7 +258,7 @@ def fqe_phase(ctx: Context, members, key):
     cfg = ctx.cfg
     k_reset, key = split_each(key, 2)
     members = jax.vmap(lambda m, k: fqe.reset_critics(m, k, cfg.agent))(members, k_reset)
-    progress = Progress(cfg.fqe.steps, "FQE critics")
+    progress = Progress("FQE critics", cfg.fqe.steps, "steps", every_s=5.0)
     step = 0
     while step < cfg.fqe.steps:
         k = min(cfg.offline.chunk, cfg.fqe.steps - step)
@@ -310,7 +310,8 @@ def finetune(ctx: Context, state, key, start_epoch: int = 0, resume_meta=None):
     if resume_meta is not None:
         env.set_state(pickle.loads(checkpoints.read_extra(resume_meta["path"], "env_state.pkl")))
         recent = resume_meta["recent_returns"]
-    progress = Progress(oc.epochs, "online " + cfg.online.replay, initial=start_epoch)
+    progress = Progress("online " + cfg.online.replay, oc.epochs, "epochs", every_s=0.0,
+                        initial=start_epoch)
     eval_seeds = [ONLINE_EVAL_SEED + 1_000 * s for s in ctx.seeds]
     final = None
     for epoch in range(start_epoch, oc.epochs + 1):

@@ -320,14 +320,15 @@ def test_force_replaces_only_when_complete(root):
 
 
 def test_progress_eta_counts_only_this_runs_rate(monkeypatch):
-    from o2o_jax.data import progress
+    from o2o_jax import logging as progress
     clock = [1000.0]
     monkeypatch.setattr(progress.time, "time", lambda: clock[0])
     lines = []
     p = progress.Progress("sac", 400, "steps", log=lines.append, initial=200, every_s=0)
     clock[0] += 50.0
     p.update(250, lambda: "eval 1.0")     # 50 steps in 50 s -> 150 left take 150 s
-    assert lines[-1] == "[sac] 250/400 steps (62%) elapsed 50s ETA 2m30s | eval 1.0"
+    assert lines[-1] == ("[sac] 250/400 steps (62%) 1.0 steps/s elapsed 50s ETA 2m30s "
+                         "| eval 1.0")
     assert progress.format_seconds(3725) == "1h02m"
 
 
