@@ -165,6 +165,42 @@ def bench_online(hidden, batch, members, steps, reps, peak, num_offline=1_000_00
     return rows
 
 
+def bench_seeds(hidden, batch, members, steps, reps, seed_counts=(1, 2, 4, 8)):
+    """The full online step for S vmapped seeds in one program (offline data shared)."""
+    from ml_collections import ConfigDict
+    from o2o_jax import online, pipeline
+    from o2o_jax.replay import buffers
+
+    data = fake_data(100_000)
+    cfg = agent_cfg(hidden)
+    oc = ConfigDict(dict(reset_temperature=True, init_temperature=1.0, fresh_optimizers=True,
+                         cql_weight=0.0, backup_entropy=True, epochs=50,
+                         env_steps_per_epoch=1000, replay="balanced", init_online_fraction=0.5,
+                         dr_hidden_dims=tuple(hidden), dr_lr=3e-4))
+    new = fake_data(20_000)
+    step_cfg = online.StepConfig(batch_size=batch, dr_batch_size=batch)
+    fn = online.make_train_epoch(steps, step_cfg, seed_axis=True)
+    print(f"\n## Vmapped seeds: full online step (N={members}, batch {batch}, hidden {hidden}, "
+          f"{steps} steps per call, median of {reps})")
+    print("| seeds S | aggregate steps/s | per-seed steps/s | time vs S=1 | compile s |")
+    print("|---|---|---|---|---|")
+    base = None
+    for num in seed_counts:
+        states = []
+        for s in range(num):
+            m = ensemble.create_members(jax.random.PRNGKey(s), OBS, ACT, cfg, members)
+            st = online.init_state(m, data, jax.random.PRNGKey(100 + s), oc, OBS, ACT)
+            states.append(st.replace(replay=buffers.add_online(st.replay, new)))
+        s0 = pipeline.stack(states)
+        keys = jnp.stack([jax.random.PRNGKey(7 + s) for s in range(num)])
+        copy = lambda: (jax.tree_util.tree_map(jnp.copy, s0), data, keys)
+        compile_s, times = time_calls(fn, copy, reps)
+        per_call = statistics.median(times)
+        base = base or per_call
+        print(f"| {num} | {num * steps / per_call:.1f} | {steps / per_call:.1f} | "
+              f"{per_call / base:.2f}x | {compile_s:.1f} |")
+
+
 def main(argv):
     del argv
     hidden = [int(h) for h in _HIDDEN.value]
@@ -181,6 +217,8 @@ def main(argv):
         bench_agents(hidden, batch, _MEMBERS.value, steps, reps, peak)
     if "online" in FLAGS.value:
         bench_online(hidden, batch, _MEMBERS.value, steps, reps, peak)
+    if "seeds" in FLAGS.value:
+        bench_seeds(hidden, batch, _MEMBERS.value, steps, reps)
     if "buffer" in FLAGS.value:
         try:
             from o2o_jax.replay import benchmark as replay_bench
