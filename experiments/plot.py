@@ -70,8 +70,9 @@ def curve_band(ys: np.ndarray, band: str = "ci", confidence: float = 0.95,
 
 def draw_curves(ax, curves: Sequence[Curve], band: str = "ci", confidence: float = 0.95,
                 xlabel: str = "online env steps", ylabel: str = "", title: str = "",
-                num_resamples: int = 2000) -> None:
-    """Mean line + shaded band per (label, xs, values[S, T]) on `ax`, legend with seeds."""
+                num_resamples: int = 2000, colors: Optional[dict] = None) -> None:
+    """Mean line + shaded band per (label, xs, values[S, T]) on `ax`, legend with seeds.
+    `colors` ({label: color}) keeps a label's colour fixed across panels."""
     for label, xs, ys in curves:
         ys = np.atleast_2d(ys)
         if xs.size == 0:
@@ -81,6 +82,7 @@ def draw_curves(ax, curves: Sequence[Curve], band: str = "ci", confidence: float
         ok = np.isfinite(mean)
         marker = "o" if ok.sum() <= 25 else None
         (line,) = ax.plot(xs[ok], mean[ok], marker=marker, markersize=3,
+                          color=(colors or {}).get(label),
                           label=f"{label} ({n_seeds} seed{'s' if n_seeds != 1 else ''})")
         if band != "none" and n_seeds > 1:
             ax.fill_between(xs[ok], low[ok], high[ok], color=line.get_color(), alpha=0.2,
