@@ -333,7 +333,8 @@ def _run_sac(env_name: str, b: Budget, *, to_expert: bool, force_replay: bool,
             "--train_steps or lower --target_return for a true medium point.")
         on_medium(run.final, run.final_replay)
     if to_expert:
-        out["expert"] = _save_snapshot(env_name, "expert", run.final, cfg, b, True,
+        out["expert"] = _save_snapshot(env_name, "expert", run.final, cfg, b,
+                                       run.final.eval_return >= target,
                                        time.time() - started, log)
     return out
 
