@@ -78,7 +78,8 @@ def create(key: jax.Array, obs_dim: int, act_dim: int, cfg) -> ActorCritic:
                                 tx=optim.adam(cfg.actor_lr)),
         critic=TrainState.create(apply_fn=critic_def.apply, params=critic_params,
                                  tx=optim.adam(cfg.critic_lr)),
-        target_critic_params=critic_params,
+        # Own buffers (the state is donated; an eager call would otherwise alias the two).
+        target_critic_params=jax.tree_util.tree_map(jnp.copy, critic_params),
         temp=TrainState.create(apply_fn=temp_def.apply,
                                params=temp_def.init(jax.random.PRNGKey(0))["params"],
                                tx=optim.adam(cfg.temp_lr)),

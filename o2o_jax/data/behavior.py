@@ -55,13 +55,6 @@ def sac_config(hidden_dims=(256, 256)) -> ml_collections.ConfigDict:
     return c
 
 
-def create_agent(key: jax.Array, obs_dim: int, act_dim: int, cfg) -> ac.ActorCritic:
-    agent = ac.create(key, obs_dim, act_dim, cfg)
-    # `create` shares the critic's buffers with the target; donation needs distinct buffers.
-    return agent.replace(target_critic_params=jax.tree.map(jnp.copy,
-                                                           agent.target_critic_params))
-
-
 # --------------------------------------------------------------------------------------
 # Compiled pieces
 # --------------------------------------------------------------------------------------
@@ -297,7 +290,7 @@ def train_sac(env_name: str, cfg, *, train_steps: int, target_return: float,
         store = _store_add(store, episodes_to_transitions(old_episodes))
         medium_reached = True
     else:
-        agent = create_agent(k_init, obs_dim, act_dim, cfg)
+        agent = ac.create(k_init, obs_dim, act_dim, cfg)
         step = 0
         medium_reached = False
     medium = medium_replay = None
@@ -422,7 +415,7 @@ def load_policy(path: pathlib.Path) -> Tuple[ac.ActorCritic, Dict[str, Any]]:
     path = pathlib.Path(path)
     meta = json.loads(path.with_suffix(".json").read_text())
     cfg = config_from_json(meta["agent_config"])
-    agent = create_agent(jax.random.PRNGKey(0), meta["obs_dim"], meta["act_dim"], cfg)
+    agent = ac.create(jax.random.PRNGKey(0), meta["obs_dim"], meta["act_dim"], cfg)
     params = flax.serialization.from_bytes(agent.actor.params,
                                            path.with_suffix(".msgpack").read_bytes())
     return agent.replace(actor=agent.actor.replace(params=params)), meta
