@@ -21,6 +21,9 @@ setup(
         "matplotlib",          # experiments.plot: learning curves to PNG
     ],
     extras_require={
-        "test": ["pytest", "pytest-xdist", "scipy", "nbclient", "nbformat", "ipykernel"],
+        "test": ["pytest", "pytest-xdist", "scipy", "nbclient", "nbformat", "ipykernel",
+                 "tensorboard"],
+        # Only for --config.tensorboard=True (and to view the event files).
+        "tensorboard": ["tensorboard"],
     },
 )

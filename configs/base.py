@@ -48,6 +48,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.num_seeds = 1              # S seeds vmapped in one program: seeds seed..seed+S-1
     c.shard_seeds = True         # with several devices, shard the seed axis across them
     c.resume = False             # continue the newest run of this experiment
+    c.tensorboard = False        # also write <run>/tensorboard/seed<i>/ event files
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_offline_steps = 100_000   # 0: only at the end of the phase

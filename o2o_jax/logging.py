@@ -111,22 +111,77 @@ class Progress:
         self.log(f"{msg} | {extra}" if extra else msg)
 
 
-class RunDir:
-    """<run_dir>/: config.json, metrics.csv, summary.json."""
+class TensorBoard:
+    """Scalars of the metrics rows as TensorBoard event files, one run per seed:
+    <dir>/seed<seed>/, tags `<phase>/<column>`, step = gradient step offline and env step
+    online. Uses the `tensorboard` package's own writer (no TensorFlow needed)."""
 
-    def __init__(self, path: str, config_json: Optional[str] = None):
+    def __init__(self, directory: str):
+        try:
+            from tensorboard.compat.proto import event_pb2, summary_pb2
+            from tensorboard.summary.writer.event_file_writer import EventFileWriter
+        except ImportError as e:
+            raise ImportError(
+                "tensorboard=True needs the tensorboard package: pip install tensorboard "
+                "(or pip install -e '.[tensorboard]'), or run with --config.tensorboard=False"
+            ) from e
+        self._event, self._summary, self._writer_cls = event_pb2, summary_pb2, EventFileWriter
+        self.directory = directory
+        self.writers = {}
+
+    def write(self, row: Dict, wall_time: float):
+        seed = row.get("seed", 0)
+        key = int(seed) if not isinstance(seed, str) else seed
+        if key not in self.writers:
+            self.writers[key] = self._writer_cls(os.path.join(self.directory, f"seed{key}"))
+        phase = row.get("phase", "train")
+        step = int(row["env_steps"] if phase == "online" else row.get("step", 0))
+        values = [self._summary.Summary.Value(tag=f"{phase}/{k}", simple_value=float(v))
+                  for k, v in row.items()
+                  if k not in ("phase", "seed", "step", "env_steps", "epoch")
+                  and not isinstance(v, str) and np.isfinite(v)]
+        if values:
+            self.writers[key].add_event(self._event.Event(
+                wall_time=wall_time, step=step, summary=self._summary.Summary(value=values)))
+
+    def flush(self):
+        for w in self.writers.values():
+            w.flush()
+
+    def close(self):
+        for w in self.writers.values():
+            w.close()
+
+
+class RunDir:
+    """<run_dir>/: config.json, metrics.csv, summary.json, optionally tensorboard/."""
+
+    def __init__(self, path: str, config_json: Optional[str] = None,
+                 tensorboard: bool = False):
         self.path = path
         os.makedirs(path, exist_ok=True)
         if config_json is not None:
             with open(os.path.join(path, "config.json"), "w") as f:
                 f.write(config_json)
         self.metrics = MetricsCSV(os.path.join(path, "metrics.csv"))
+        self.tensorboard = (TensorBoard(os.path.join(path, "tensorboard"))
+                            if tensorboard else None)
         self.start = time.time()
 
     def log(self, row: Dict[str, float]):
         self.metrics.write({"wall_time": time.time() - self.start, **row})
+        if self.tensorboard is not None:
+            self.tensorboard.write(
+                {k: (v if isinstance(v, str) else to_scalar(v)) for k, v in row.items()},
+                time.time())
+
+    def flush(self):
+        if self.tensorboard is not None:
+            self.tensorboard.flush()
 
     def write_summary(self, summary: Dict):
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         tmp = os.path.join(self.path, "summary.json.tmp")
         with open(tmp, "w") as f:
             json.dump(summary, f, indent=2, default=float)

@@ -126,7 +126,7 @@ def device_arrays(dataset):
 def comparable_config(cfg) -> dict:
     """The config a checkpoint must share with the run resuming it."""
     d = json.loads(cfg.to_json_best_effort())
-    for k in ("resume", "run_dir", "run_name"):
+    for k in ("resume", "run_dir", "run_name", "tensorboard"):
         d.pop(k, None)
     d.get("checkpoint", {}).pop("keep", None)
     return d
@@ -245,6 +245,7 @@ def pretrain(ctx: Context, members, key, start_step: int = 0):
                     f"({np.mean(envs.normalized_score(cfg.env, last_eval)):.1f})")
         progress.update(step, msg)
         if step % ckpt_every == 0 and step < oc.steps:
+            ctx.run_dir.flush()
             ctx.ckpt.save(step, {"members": members, "key": key},
                           {"phase": "offline", "step": step,
                            "csv_rows": len(ctx.run_dir.metrics.rows),
@@ -360,6 +361,7 @@ def finetune(ctx: Context, state, key, start_epoch: int = 0, resume_meta=None):
                                    f"offline frac {to_scalar(info['offline_fraction']):.2f}")
         every = cfg.checkpoint.every_online_epochs
         if every and (epoch + 1) % every == 0 and epoch + 1 < oc.epochs:
+            ctx.run_dir.flush()
             ctx.ckpt.save(cfg.offline.steps + epoch + 1, {"state": state, "key": key},
                           {"phase": "online", "epoch": epoch + 1,
                            "csv_rows": len(ctx.run_dir.metrics.rows), "recent_returns": recent},
@@ -384,7 +386,7 @@ def run(cfg) -> dict:
     ckpt = CheckpointManager(os.path.join(path, "checkpoints"), cfg.checkpoint.keep,
                              comparable_config(cfg))
     latest = ckpt.latest() if os.path.isdir(path) else None
-    run_dir = RunDir(path, cfg.to_json_best_effort(indent=2))
+    run_dir = RunDir(path, cfg.to_json_best_effort(indent=2), tensorboard=cfg.tensorboard)
     print(f"run directory: {run_dir.path}" + (f" (resuming from {latest['path']})"
                                               if latest else ""))
     if latest is None:
