@@ -71,9 +71,29 @@ def test_smoke_offline_then_online_each_replay_mode(minari_root, tmp_path, repla
                                100 * (float(r["eval_return"]) + 20.272305) / (3234.3 + 20.272305))
 
 
+def check_tensorboard_matches_csv(run, rows, seeds):
+    """TensorBoard's own reader finds, per seed, the CSV's values at the CSV's steps."""
+    from tensorboard.backend.event_processing import event_accumulator
+    for seed in seeds:
+        acc = event_accumulator.EventAccumulator(os.path.join(run, "tensorboard", f"seed{seed}"))
+        acc.Reload()
+        mine = [r for r in rows if int(float(r["seed"])) == seed]
+        for phase, key, step_col in [("offline", "critic_loss", "step"),
+                                     ("online", "normalized_score", "env_steps"),
+                                     ("online", "offline_fraction", "env_steps")]:
+            want = [(int(float(r[step_col])), float(r[key])) for r in mine
+                    if r["phase"] == phase and r.get(key)]
+            got = [(e.step, e.value) for e in acc.Scalars(f"{phase}/{key}")]
+            assert want and len(got) == len(want)
+            for (s1, v1), (s2, v2) in zip(got, want):
+                assert s1 == s2
+                np.testing.assert_allclose(v1, v2, rtol=1e-6)
+
+
 def test_vmapped_seeds_equal_separate_runs(minari_root, tmp_path):
-    both = pipeline.run(tiny_config(tmp_path, "both", num_seeds=2, seed=3))
+    both = pipeline.run(tiny_config(tmp_path, "both", num_seeds=2, seed=3, tensorboard=True))
     rows_both = read_rows(os.path.join(tmp_path, "both"))
+    check_tensorboard_matches_csv(os.path.join(tmp_path, "both"), rows_both, seeds=[3, 4])
     for s, seed in enumerate([3, 4]):
         one = pipeline.run(tiny_config(tmp_path, f"one{seed}", seed=seed))
         assert one["final"]["per_seed_return"][0] == pytest.approx(
@@ -100,6 +120,30 @@ def reference_run(minari_root, tmp_path_factory):
     """An uninterrupted run of the tiny config: (summary, run dir)."""
     root = tmp_path_factory.mktemp("reference")
     return pipeline.run(tiny_config(root, "ref")), os.path.join(root, "ref")
+
+
+def test_finetune_only_from_saved_members_repeats_the_online_phase(reference_run, tmp_path):
+    """online.load_offline_from skips pretraining; the online phase's keys do not depend on
+    it, so fine-tuning the reference run's saved members repeats its online rows exactly."""
+    ref, ref_dir = reference_run
+    cfg = tiny_config(tmp_path, "ft", **{
+        "online.load_offline_from": os.path.join(ref_dir, "offline_members")})
+    summary = pipeline.run(cfg)
+    rows = read_rows(os.path.join(tmp_path, "ft"))
+    assert rows and all(r["phase"] == "online" for r in rows)
+    ref_online = [r for r in read_rows(ref_dir) if r["phase"] == "online"]
+    # The reference CSV also has offline-only columns (empty in its online rows).
+    assert len(rows) == len(ref_online)
+    for mine, ref_row in zip(rows, ref_online):
+        assert {k: v for k, v in mine.items() if k != "wall_time"} == {
+            k: ref_row[k] for k in mine if k != "wall_time"}
+    assert summary["final"]["per_seed_return"] == ref["final"]["per_seed_return"]
+    # Members of another architecture are refused, naming the mismatch.
+    bad = tiny_config(tmp_path, "bad", **{
+        "online.load_offline_from": os.path.join(ref_dir, "offline_members"),
+        "agent.hidden_dims": (4, 4)})
+    with pytest.raises(Exception, match="hidden_dims"):
+        pipeline.run(bad)
 
 
 @pytest.mark.parametrize("stop_after", [1, 2])   # 1: offline phase; 2: online phase
