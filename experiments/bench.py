@@ -24,6 +24,10 @@ from configs import base  # noqa: E402
 from o2o_jax import flops, offline  # noqa: E402
 from o2o_jax.agents import cql, ensemble, sac  # noqa: E402
 
+# The authors' PyTorch code, full online steps/s (N = 5, batch 256, 2x256, both cores of a
+# 2-core CPU): the brief's reference figure.
+AUTHORS_STEPS_PER_S = 22.3
+
 FLAGS = flags.DEFINE_list("sections", ["matmul", "agents", "online", "buffer", "seeds"],
                           "sections to run")
 _REPS = flags.DEFINE_integer("reps", 5, "timed repetitions (median reported)")
@@ -162,7 +166,34 @@ def bench_online(hidden, batch, members, steps, reps, peak, num_offline=1_000_00
         print(f"| {name} | {ups:.1f} | {comp:.1f} | {f / 1e9:.3f} | {rate / 1e9:.1f} | "
               f"{100 * rate / peak:.0f}% |")
     print(f"balanced / plain time ratio: {rows[1][1] / rows[0][1]:.2f}")
+    env_s = bench_interaction(s0.agent)
+    full = 1.0 / (1.0 / rows[0][1] + env_s)
+    print(f"env interaction (one stochastic ensemble-policy call + one hopper step): "
+          f"{1e3 * env_s:.2f} ms per step")
+    print(f"**full online step** (env step + policy sample + fused gradient step): "
+          f"{full:.1f} steps/s = {full / AUTHORS_STEPS_PER_S:.2f}x the authors' PyTorch "
+          f"{AUTHORS_STEPS_PER_S} steps/s (N=5, batch 256, 2x256, 2 CPU cores)")
     return rows
+
+
+def bench_interaction(agent, steps: int = 1000) -> float:
+    """Seconds per online env step as the pipeline collects: one jitted stochastic
+    ensemble-policy call for the seed axis, then a MuJoCo hopper step (median of 3)."""
+    from o2o_jax import algos, envs, pipeline
+    act = pipeline.seeds_jit(algos.get(base.get_config()).act)   # algo off2on
+    agent1 = pipeline.stack([agent])
+    env = envs.BatchedEnvs("hopper", 1, 0)
+    keys = jax.random.split(jax.random.PRNGKey(3), steps)[None]
+    act(agent1, jnp.asarray(env.obs[:, None]), keys[:, 0]).block_until_ready()
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for t in range(steps):
+            a = act(agent1, jnp.asarray(env.obs[:, None]), keys[:, t])
+            env.step(np.asarray(a)[:, 0])
+        times.append((time.perf_counter() - t0) / steps)
+    env.close()
+    return statistics.median(times)
 
 
 def bench_seeds(hidden, batch, members, steps, reps, seed_counts=(1, 2, 4, 8)):
