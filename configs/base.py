@@ -102,7 +102,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.online.reset_temperature = True   # (code): alpha = 1 at the start of fine-tuning
     c.online.init_temperature = 1.0
     c.online.fresh_optimizers = True    # (code): new Adam states for fine-tuning
-    c.online.cql_weight = 0.0           # 0: SAC-ft rule (the method); > 0: CQL-ft
+    c.online.cql_weight = 0.0           # alpha_cql online; only algo cql_ft uses it (> 0)
     c.online.backup_entropy = True
     c.online.load_offline_from = ""     # members checkpoint dir: skip pretraining
     return c

@@ -101,6 +101,11 @@ def check(cfg):
         for f in ("agent.backup_entropy", "online.backup_entropy"):
             _check(not _get(cfg, f), f, _get(cfg, f), "must be False for algo 'awac' "
                    "(AWAC's backup has no entropy term)")
+    if cfg.algo in ("off2on", "sac", "sac_ft", "fqe_init") and "online" in cfg:
+        # These fine-tune with plain SAC; the CQL penalty online is algo 'cql_ft'.
+        _check(float(cfg.online.cql_weight) == 0.0, "online.cql_weight",
+               cfg.online.cql_weight, f"must be 0 for algo {cfg.algo!r}, which fine-tunes "
+               "with SAC; keep the CQL penalty online with --config.algo=cql_ft")
     positive_int(cfg, "fqe.steps")
 
 
