@@ -202,6 +202,33 @@ def test_vmapped_members_equal_separate_single_member_updates(tiny_agent_cfg):
             np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
 
 
+def test_to_ensemble_can_keep_each_members_adam_moments(tiny_agent_cfg):
+    """fresh_optimizers=False: each member's Adam moments carry over, and the first online
+    critic step is Adam from exactly those moments (NumPy reference), counted once."""
+    n, steps = 2, 3
+    members = ensemble.create_members(jax.random.PRNGKey(0), OBS, ACT, tiny_agent_cfg, n)
+    members, _ = offline.make_train_chunk(steps, batch_size=8)(members, dataset(),
+                                                                jax.random.PRNGKey(1))
+    agent = ensemble.to_ensemble(members, fresh_optimizers=False, cql_weight=0.0,
+                                 backup_entropy=True, bc_steps=0)
+    assert int(agent.critic.step) == steps and int(agent.actor.step) == steps
+    batch, key = make_batch(), jax.random.PRNGKey(5)
+    k_critic, _ = jax.random.split(key)
+    grads = jax.grad(lambda p: sac.critic_loss(p, agent, batch, k_critic)[0])(
+        agent.critic.params)
+    new, _ = jax.jit(sac.update)(agent, batch, key)
+    adam_state = members.critic.opt_state[0]          # stacked per-member moments
+    t, b1, b2, eps, lr = steps + 1, 0.9, 0.999, 1e-8, tiny_agent_cfg.critic_lr
+    flat = jax.tree_util.tree_leaves
+    for p, g, mu, nu, got in zip(flat(agent.critic.params), flat(grads), flat(adam_state.mu),
+                                 flat(adam_state.nu), flat(new.critic.params)):
+        p, g, mu, nu = (np.asarray(x, np.float64) for x in (p, g, mu, nu))
+        m = b1 * mu + (1 - b1) * g
+        v = b2 * nu + (1 - b2) * g ** 2
+        want = p - lr * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
 def test_members_differ_in_init_and_minibatches(tiny_agent_cfg):
     n = 4
     members = ensemble.create_members(jax.random.PRNGKey(0), OBS, ACT, tiny_agent_cfg, n)

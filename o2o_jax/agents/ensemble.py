@@ -62,13 +62,23 @@ def to_ensemble(members: ActorCritic, *, reset_temperature: bool = True,
         actor = _fresh(actor, actor.params)
         critic = _fresh(critic, critic.params)
     else:
-        # Keep each member's Adam moments; step counters are per member, take member 0's.
-        actor = actor.replace(step=actor.step[0])
-        critic = critic.replace(step=critic.step[0])
+        # Keep each member's Adam moments (elementwise, so they stay stacked); the step
+        # counters (TrainState.step, Adam's count) are per member: take member 0's, as
+        # one optimizer now steps all members together.
+        actor, critic = _first_counters(actor), _first_counters(critic)
     agent = first.replace(actor=actor, critic=critic,
                           target_critic_params=members.target_critic_params,
                           temp=temp, members=n)
     return agent.replace(**hparams) if hparams else agent
+
+
+def _first_counters(train_state):
+    def first_count(path, x):
+        name = getattr(path[-1], "name", None) if path else None
+        return x[0] if name == "count" else x
+    return train_state.replace(
+        step=train_state.step[0],
+        opt_state=jax.tree_util.tree_map_with_path(first_count, train_state.opt_state))
 
 
 def ensemble_policy(agent: ActorCritic, observations: jax.Array):
