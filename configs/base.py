@@ -46,7 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.run_name = ""              # "" -> <env>-<dataset kind>-<algo>-seed<seed>-<time>
     c.algo = "off2on"            # see o2o_jax/algos.py; configs/algos.py for paper presets
     c.num_seeds = 1              # S seeds vmapped in one program: seeds seed..seed+S-1
-    c.shard_seeds = True         # with several devices, shard the seed axis across them
+    c.shard_seeds = True         # several devices: shard seeds across them (1 seed: members)
     c.resume = False             # continue the newest run of this experiment
     c.tensorboard = False        # also write <run>/tensorboard/seed<i>/ event files
 

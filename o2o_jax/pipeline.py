@@ -73,23 +73,55 @@ def run_path(cfg) -> str:
 
 
 class Sharder:
-    """Places seed-stacked state on a device mesh over the seed axis (identity on 1 device)."""
+    """Places seed-stacked state on a device mesh (identity on 1 device).
 
-    def __init__(self, num_seeds: int, enabled: bool = True):
+    Seeds are split over the devices (the largest count dividing `num_seeds`); with a
+    single seed the ensemble members are split instead (axis 1 of every member-stacked
+    leaf of the agent; buffers, density-ratio net and shared scalars are replicated).
+    Placement only steers XLA's partitioner: the numbers are those of one device.
+    """
+
+    def __init__(self, num_seeds: int, enabled: bool = True, num_members: int = 1):
         devices = jax.devices()
-        self.mesh = None
-        if enabled and len(devices) > 1:
-            usable = max(d for d in range(1, len(devices) + 1) if num_seeds % d == 0)
-            if usable > 1:
-                self.mesh = Mesh(np.array(devices[:usable]), ("seed",))
-            if usable < len(devices):
-                print(f"[shard] {num_seeds} seeds over {usable} of {len(devices)} devices "
-                      "(num_seeds should be a multiple of the device count to use them all)")
+        self.mesh, self.axis, self.num_members = None, None, num_members
+
+        def usable(count):
+            return max(d for d in range(1, len(devices) + 1) if count % d == 0)
+
+        if not enabled or len(devices) == 1:
+            return
+        if num_seeds > 1:
+            n = usable(num_seeds)
+            if n > 1:
+                self.mesh, self.axis = Mesh(np.array(devices[:n]), ("seed",)), "seed"
+            what = f"{num_seeds} seeds"
+        else:
+            n = usable(num_members)
+            if n > 1:
+                self.mesh, self.axis = Mesh(np.array(devices[:n]), ("member",)), "member"
+            what = f"1 seed: its {num_members} ensemble members"
+        if n < len(devices):
+            print(f"[shard] {what} over {n} of {len(devices)} devices (use a multiple of "
+                  "the device count to use them all)")
 
     def seeds(self, tree):
+        """Place seed-stacked state: offline members or the online state."""
         if self.mesh is None:
             return tree
-        return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec("seed")))
+        if self.axis == "seed":
+            return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec("seed")))
+        by_member = NamedSharding(self.mesh, PartitionSpec(None, "member"))
+        replicated = NamedSharding(self.mesh, PartitionSpec())
+
+        def place_agent(agent):
+            return jax.tree_util.tree_map(
+                lambda x: jax.device_put(x, by_member if x.ndim >= 2
+                                         and x.shape[1] == self.num_members else replicated),
+                agent)
+
+        if isinstance(tree, online.OnlineState):
+            return jax.device_put(tree, replicated).replace(agent=place_agent(tree.agent))
+        return place_agent(tree)      # offline members: every leaf is [S, N, ...]
 
     def shared(self, tree):
         if self.mesh is None:
@@ -392,7 +424,7 @@ def run(cfg) -> dict:
     if latest is None:
         run_dir.metrics.truncate(0)
     dataset = load_dataset(cfg, obs_dim, act_dim)
-    sharder = Sharder(cfg.num_seeds, cfg.shard_seeds)
+    sharder = Sharder(cfg.num_seeds, cfg.shard_seeds, num_members=cfg.agent.num_members)
     ctx = Context(cfg, run_dir, ckpt, sharder, sharder.shared(device_arrays(dataset)),
                   obs_dim, act_dim)
     print(f"dataset {dataset.dataset_id}: {dataset.num_transitions} transitions (held once "

@@ -235,18 +235,20 @@ import jax
 from tests.test_pipeline import tiny_config
 from o2o_jax import pipeline
 out = {{"devices": len(jax.devices())}}
-for shard in (True, False):
-    cfg = tiny_config({out_dir!r}, f"run{{shard}}", num_seeds=2, shard_seeds=shard)
+for name, seeds, shard in (("True", 2, True), ("False", 2, False),
+                           ("members", 1, True), ("members_off", 1, False)):
+    cfg = tiny_config({out_dir!r}, f"run{{name}}", num_seeds=seeds, shard_seeds=shard)
     state_sharding = []
     original = pipeline.Sharder.seeds
     def spy(self, tree, original=original):
         placed = original(self, tree)
-        state_sharding.append(str(jax.tree_util.tree_leaves(placed)[0].sharding))
+        state_sharding.append(" ".join(sorted({{str(x.sharding)
+                                                for x in jax.tree_util.tree_leaves(placed)}})))
         return placed
     pipeline.Sharder.seeds = spy
     s = pipeline.run(cfg)
     pipeline.Sharder.seeds = original
-    out[str(shard)] = {{"final": s["final"]["per_seed_return"],
+    out[name] = {{"final": s["final"]["per_seed_return"],
                        "offline": s["offline"]["per_seed_return"],
                        "sharding": state_sharding[-1]}}
 print("RESULT", json.dumps(out))
@@ -268,3 +270,8 @@ def test_sharded_run_equals_unsharded(minari_root, tmp_path):
     results = {True: res["True"], False: res["False"]}
     np.testing.assert_allclose(results[True]["final"], results[False]["final"], rtol=1e-4)
     np.testing.assert_allclose(results[True]["offline"], results[False]["offline"], rtol=1e-4)
+    # One seed: its 2 ensemble members are split over the 2 devices instead.
+    assert "member" in res["members"]["sharding"]
+    assert "NamedSharding" not in res["members_off"]["sharding"]
+    for k in ("final", "offline"):
+        np.testing.assert_allclose(res["members"][k], res["members_off"][k], rtol=1e-4)
