@@ -114,7 +114,9 @@ class Progress:
 class TensorBoard:
     """Scalars of the metrics rows as TensorBoard event files, one run per seed:
     <dir>/seed<seed>/, tags `<phase>/<column>`, step = gradient step offline and env step
-    online. Uses the `tensorboard` package's own writer (no TensorFlow needed)."""
+    online. Uses the `tensorboard` package's own writer (no TensorFlow needed). A resumed
+    run appends a new event file; points between the checkpoint and the interruption are
+    then logged twice (the CSV, truncated on resume, is the record)."""
 
     def __init__(self, directory: str):
         try:
