@@ -107,6 +107,12 @@ def check(cfg):
                cfg.online.cql_weight, f"must be 0 for algo {cfg.algo!r}, which fine-tunes "
                "with SAC; keep the CQL penalty online with --config.algo=cql_ft")
     positive_int(cfg, "fqe.steps")
+    if cfg.get("tensorboard", False):
+        try:
+            import tensorboard.summary.writer.event_file_writer  # noqa: F401
+        except ImportError:
+            _check(False, "tensorboard", True, "needs the tensorboard package (pip install "
+                   "-e '.[tensorboard]'); or set it False")
 
 
 def check_online(cfg):

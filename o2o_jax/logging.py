@@ -181,9 +181,14 @@ class RunDir:
         if self.tensorboard is not None:
             self.tensorboard.flush()
 
-    def write_summary(self, summary: Dict):
+    def close(self):
+        """Flush and close the TensorBoard writers (safe to call more than once)."""
         if self.tensorboard is not None:
             self.tensorboard.close()
+            self.tensorboard = None
+
+    def write_summary(self, summary: Dict):
+        self.close()
         tmp = os.path.join(self.path, "summary.json.tmp")
         with open(tmp, "w") as f:
             json.dump(summary, f, indent=2, default=float)

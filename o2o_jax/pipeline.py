@@ -78,7 +78,8 @@ class Sharder:
     Seeds are split over the devices (the largest count dividing `num_seeds`); with a
     single seed the ensemble members are split instead (axis 1 of every member-stacked
     leaf of the agent; buffers, density-ratio net and shared scalars are replicated).
-    Placement only steers XLA's partitioner: the numbers are those of one device.
+    Placement only steers XLA's partitioner: the numbers are those of one device up to
+    the order of float reductions across devices.
     """
 
     def __init__(self, num_seeds: int, enabled: bool = True, num_members: int = 1):
@@ -94,15 +95,18 @@ class Sharder:
             n = usable(num_seeds)
             if n > 1:
                 self.mesh, self.axis = Mesh(np.array(devices[:n]), ("seed",)), "seed"
-            what = f"{num_seeds} seeds"
+            if n < len(devices):
+                print(f"[shard] {num_seeds} seeds over {n} of {len(devices)} devices (a "
+                      "multiple of the device count would use them all)")
         else:
             n = usable(num_members)
             if n > 1:
                 self.mesh, self.axis = Mesh(np.array(devices[:n]), ("member",)), "member"
-            what = f"1 seed: its {num_members} ensemble members"
-        if n < len(devices):
-            print(f"[shard] {what} over {n} of {len(devices)} devices (use a multiple of "
-                  "the device count to use them all)")
+            print(f"[shard] 1 seed: its {num_members} ensemble member(s) split over {n} of "
+                  f"{len(devices)} devices (several seeds, --config.num_seeds, would use "
+                  "them better)" if n < len(devices) else
+                  f"[shard] 1 seed: its {num_members} ensemble members split over "
+                  f"{n} devices")
 
     def seeds(self, tree):
         """Place seed-stacked state: offline members or the online state."""
@@ -421,6 +425,13 @@ def run(cfg) -> dict:
     run_dir = RunDir(path, cfg.to_json_best_effort(indent=2), tensorboard=cfg.tensorboard)
     print(f"run directory: {run_dir.path}" + (f" (resuming from {latest['path']})"
                                               if latest else ""))
+    try:
+        return _run(cfg, run_dir, ckpt, latest, obs_dim, act_dim)
+    finally:
+        run_dir.close()       # also on errors and interrupts: TensorBoard writers flushed
+
+
+def _run(cfg, run_dir: RunDir, ckpt: CheckpointManager, latest, obs_dim: int, act_dim: int):
     if latest is None:
         run_dir.metrics.truncate(0)
     dataset = load_dataset(cfg, obs_dim, act_dim)

@@ -142,7 +142,7 @@ def test_finetune_only_from_saved_members_repeats_the_online_phase(reference_run
     bad = tiny_config(tmp_path, "bad", **{
         "online.load_offline_from": os.path.join(ref_dir, "offline_members"),
         "agent.hidden_dims": (4, 4)})
-    with pytest.raises(Exception, match="hidden_dims"):
+    with pytest.raises(checkpoints.CheckpointError, match="hidden_dims"):
         pipeline.run(bad)
 
 
@@ -250,7 +250,8 @@ for name, seeds, shard in (("True", 2, True), ("False", 2, False),
     pipeline.Sharder.seeds = original
     out[name] = {{"final": s["final"]["per_seed_return"],
                        "offline": s["offline"]["per_seed_return"],
-                       "sharding": state_sharding[-1]}}
+                       "sharding": state_sharding[-1],        # online state
+                       "first_sharding": state_sharding[0]}}  # offline members
 print("RESULT", json.dumps(out))
 """
 
@@ -265,13 +266,15 @@ def test_sharded_run_equals_unsharded(minari_root, tmp_path):
     line = next(l for l in out.stdout.splitlines() if l.startswith("RESULT"))
     res = json.loads(line[len("RESULT"):])
     assert res["devices"] == 2
-    assert "NamedSharding" in res["True"]["sharding"]          # really spread over 2 devices
+    assert "P('seed'" in res["True"]["sharding"]               # really spread over 2 devices
+    assert "P('seed'" in res["True"]["first_sharding"]
     assert "NamedSharding" not in res["False"]["sharding"]
     results = {True: res["True"], False: res["False"]}
     np.testing.assert_allclose(results[True]["final"], results[False]["final"], rtol=1e-4)
     np.testing.assert_allclose(results[True]["offline"], results[False]["offline"], rtol=1e-4)
     # One seed: its 2 ensemble members are split over the 2 devices instead.
-    assert "member" in res["members"]["sharding"]
+    assert "P(None, 'member')" in res["members"]["sharding"]   # split, not replicated
+    assert "P(None, 'member')" in res["members"]["first_sharding"]
     assert "NamedSharding" not in res["members_off"]["sharding"]
     for k in ("final", "offline"):
         np.testing.assert_allclose(res["members"][k], res["members_off"][k], rtol=1e-4)
