@@ -90,8 +90,11 @@ class Progress:
             eta_s = format_seconds(self.elapsed * max(self.total - self.count, 0) / done_here)
         unit = f" {self.unit}" if self.unit else ""
         rate = done_here / self.elapsed if self.elapsed > 0 else 0.0
+        # Slow units (epochs) read better as time per unit than as 0.0/s.
+        speed = (f"{rate:,.1f}{unit}/s" if rate >= 1 or done_here == 0 else
+                 f"{format_seconds(1 / rate)}/{self.unit.rstrip('s') or 'item'}")
         text = (f"[{self.label}] {self.count:,}/{self.total:,}{unit} ({100 * frac:.0f}%) "
-                f"{rate:,.1f}{unit}/s elapsed {format_seconds(self.elapsed)} ETA {eta_s}")
+                f"{speed} elapsed {format_seconds(self.elapsed)} ETA {eta_s}")
         return f"{text} | {extra}" if extra else text
 
     def update(self, count: int, extra="", force: bool = False) -> None:

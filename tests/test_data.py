@@ -330,6 +330,11 @@ def test_progress_eta_counts_only_this_runs_rate(monkeypatch):
     assert lines[-1] == ("[sac] 250/400 steps (62%) 1.0 steps/s elapsed 50s ETA 2m30s "
                          "| eval 1.0")
     assert progress.format_seconds(3725) == "1h02m"
+    # Below one unit per second the rate reads as time per unit.
+    e = progress.Progress("online", 20, "epochs", log=lines.append, every_s=0)
+    clock[0] += 125.0
+    e.update(2)                           # 2 epochs in 125 s -> 1m02s per epoch
+    assert lines[-1] == "[online] 2/20 epochs (10%) 1m02s/epoch elapsed 2m05s ETA 18m45s"
 
 
 def test_failed_download_leaves_nothing(root, monkeypatch):
