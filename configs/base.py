@@ -49,6 +49,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.shard_seeds = True         # several devices: shard seeds across them (1 seed: members)
     c.resume = False             # continue the newest run of this experiment
     c.tensorboard = False        # also write <run>/tensorboard/seed<i>/ event files
+    # Several hosts as one run (o2o_jax/distributed.py): start the same command on every
+    # host with its process_id, or auto=True under SLURM / Open MPI / Kubernetes.
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.coordinator_address = ""   # "host:port" of process 0; "": one process
+    c.distributed.num_processes = 1
+    c.distributed.process_id = 0
+    c.distributed.auto = False               # let jax.distributed read the cluster's env
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_offline_steps = 100_000   # 0: only at the end of the phase

@@ -107,6 +107,8 @@ def check(cfg):
                cfg.online.cql_weight, f"must be 0 for algo {cfg.algo!r}, which fine-tunes "
                "with SAC; keep the CQL penalty online with --config.algo=cql_ft")
     positive_int(cfg, "fqe.steps")
+    if "distributed" in cfg:
+        check_distributed(cfg)
     if cfg.get("tensorboard", False):
         try:
             import tensorboard.summary.writer.event_file_writer  # noqa: F401
@@ -124,3 +126,25 @@ def check_online(cfg):
     in_range(cfg, "online.init_online_fraction", 0.0, 1.0, lo_open=True, hi_open=True)
     positive_float(cfg, "online.priority_temperature")
     positive_float(cfg, "online.dr_lr")
+
+
+def check_distributed(cfg):
+    d = cfg.distributed
+    positive_int(cfg, "distributed.num_processes")
+    non_negative_int(cfg, "distributed.process_id")
+    addr = d.coordinator_address
+    if addr:
+        host, _, port = addr.rpartition(":")
+        _check(bool(host) and port.isdigit(), "distributed.coordinator_address", addr,
+               "must be 'host:port' of process 0 (e.g. 'node0:12345'), or '' for one "
+               "process")
+        _check(not d.auto, "distributed.auto", d.auto,
+               "must be False when distributed.coordinator_address is given (auto reads "
+               "the address from the cluster)")
+        _check(d.process_id < d.num_processes, "distributed.process_id", d.process_id,
+               f"must be < distributed.num_processes = {d.num_processes} (0 on the "
+               "coordinator's host)")
+    else:
+        _check(d.num_processes == 1 or d.auto, "distributed.num_processes",
+               d.num_processes, "must be 1 without distributed.coordinator_address "
+               "(give the address of process 0, or set distributed.auto=True on a cluster)")

@@ -29,6 +29,8 @@ BAD = [
     ("num_seeds", 0, "positive integer"),
     # The method fine-tunes with SAC: a CQL weight online would be silently unused.
     ("online.cql_weight", 5.0, "algo=cql_ft"),
+    ("distributed.coordinator_address", "node0", "host:port"),
+    ("distributed.num_processes", 2, "must be 1 without distributed.coordinator_address"),
 ]
 
 
@@ -52,3 +54,14 @@ def test_bad_config_stops_run_before_anything_is_written(tmp_path):
     with pytest.raises(ConfigError, match="agent.num_members"):
         pipeline.run(c)
     assert not os.path.exists(os.path.join(tmp_path, "bad"))
+
+
+def test_distributed_process_id_must_be_below_process_count():
+    c = hopper_medium.get_config("quick")
+    c.distributed.update(coordinator_address="localhost:1234", num_processes=2,
+                         process_id=2)
+    with pytest.raises(ConfigError, match="'distributed.process_id'.*must be < "
+                                          "distributed.num_processes = 2"):
+        config_checks.check(c)
+    c.distributed.process_id = 1
+    config_checks.check(c)
