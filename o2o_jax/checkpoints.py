@@ -4,13 +4,21 @@
 it when complete) and <path>/meta.json (written last, atomically). `restore` refuses a
 checkpoint that is missing, incomplete, corrupt, or made with a different config, with a
 message naming the path and the fix, instead of half-loading it.
+
+In a distributed run every process calls `save` and `restore`: the state is gathered to
+host memory on each process and orbax writes it once; the sidecar files are written by the
+primary process, and all processes leave `save` only when the checkpoint is complete.
 """
 import json
 import os
 from typing import Any, Dict, Optional
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+
+from o2o_jax import distributed
 
 
 class CheckpointError(RuntimeError):
@@ -22,22 +30,29 @@ def save(path: str, tree: Any, meta: Dict, extra_files: Optional[Dict[str, bytes
     """Write arrays, then `extra_files` (name -> bytes), then meta.json last: a folder
     without meta.json is an unfinished save and is never loaded."""
     path = os.path.abspath(path)
-    os.makedirs(path, exist_ok=True)
     meta_path = os.path.join(path, "meta.json")
-    if os.path.exists(meta_path):
-        os.remove(meta_path)           # the old meta must not vouch for new arrays
+    primary = distributed.is_primary()
+    if distributed.multiprocess():     # shards on several hosts: one whole copy each
+        tree = distributed.to_host_tree(tree)
+    if primary:
+        os.makedirs(path, exist_ok=True)
+        if os.path.exists(meta_path):
+            os.remove(meta_path)       # the old meta must not vouch for new arrays
+    distributed.barrier("o2o_checkpoint_begin")
     state_path = os.path.join(path, "state")
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(state_path, tree, force=True)
     checkpointer.wait_until_finished()
-    for name, data in (extra_files or {}).items():
-        with open(os.path.join(path, name + ".tmp"), "wb") as f:
-            f.write(data)
-        os.replace(os.path.join(path, name + ".tmp"), os.path.join(path, name))
-    tmp = meta_path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(meta, f, indent=2, default=str)
-    os.replace(tmp, meta_path)
+    if primary:
+        for name, data in (extra_files or {}).items():
+            with open(os.path.join(path, name + ".tmp"), "wb") as f:
+                f.write(data)
+            os.replace(os.path.join(path, name + ".tmp"), os.path.join(path, name))
+        tmp = meta_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(meta, f, indent=2, default=str)
+        os.replace(tmp, meta_path)
+    distributed.barrier("o2o_checkpoint_end")
 
 
 def read_meta(path: str) -> Dict:
@@ -92,7 +107,12 @@ def read_extra(path: str, name: str) -> bytes:
 def restore(path: str, template: Any, expect: Optional[Dict] = None) -> Any:
     """Restore arrays shaped like `template`; `expect` entries must equal the saved meta."""
     check_meta(path, read_meta(path), expect)
-    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
+    multiprocess = distributed.multiprocess()
+    if multiprocess:   # read whole arrays on every process, then place them as the template
+        abstract = jax.tree_util.tree_map(
+            lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), template)
+    else:
+        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
     state_path = os.path.join(os.path.abspath(path), "state")
     if not os.path.isdir(state_path):
         raise CheckpointError(f"checkpoint {path!r} has meta.json but no state/ folder; it "
@@ -104,10 +124,17 @@ def restore(path: str, template: Any, expect: Optional[Dict] = None) -> Any:
             f"checkpoint {path!r} could not be restored ({type(e).__name__}: "
             f"{str(e)[:300]}); it is corrupt or from a different config — delete it or "
             "point the config at another checkpoint") from e
+    leaves = jax.tree_util.tree_leaves(restored)
+    if multiprocess:
+        # Arrays spread over several hosts go back to their sharding; process-local ones
+        # stay uncommitted, free to be placed like a freshly built state.
+        leaves = [(jnp.asarray(np.asarray(x)) if t.is_fully_addressable
+                   else jax.device_put(np.asarray(x), t.sharding))
+                  if isinstance(t, jax.Array) else x
+                  for x, t in zip(leaves, jax.tree_util.tree_leaves(template))]
     # Static fields (apply functions, optimizers, sizes) come from the template.
     try:
-        return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template),
-                                            jax.tree_util.tree_leaves(restored))
+        return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), leaves)
     except ValueError as e:
         raise CheckpointError(f"checkpoint {path!r} holds a different state structure "
                               f"({e}); it was made by another config or version") from e

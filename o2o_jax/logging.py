@@ -15,10 +15,12 @@ def to_scalar(value):
 
 
 class MetricsCSV:
-    """Append rows to a CSV whose columns may grow (the file is rewritten when they do)."""
+    """Append rows to a CSV whose columns may grow (the file is rewritten when they do).
+    With `write=False` (processes other than a distributed run's primary) rows are only
+    kept in memory."""
 
-    def __init__(self, path: str):
-        self.path = path
+    def __init__(self, path: str, write: bool = True):
+        self.path, self.writes = path, write
         self.columns = []
         self.rows = []
         if os.path.exists(path):  # resume: keep what is there
@@ -30,6 +32,8 @@ class MetricsCSV:
     def truncate(self, num_rows: int):
         """Keep the first `num_rows` rows (resume: drop rows logged after the checkpoint)."""
         self.rows = self.rows[:num_rows]
+        if not self.writes:
+            return
         tmp = self.path + ".tmp"
         with open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, self.columns, restval="")
@@ -42,7 +46,9 @@ class MetricsCSV:
         row = {k: (v if isinstance(v, str) else to_scalar(v)) for k, v in row.items()}
         new_cols = [k for k in row if k not in self.columns]
         self.rows.append(row)
-        if new_cols or not os.path.exists(self.path):
+        if not self.writes:
+            self.columns += new_cols
+        elif new_cols or not os.path.exists(self.path):
             self.columns += new_cols
             tmp = self.path + ".tmp"
             with open(tmp, "w", newline="") as f:
@@ -159,18 +165,22 @@ class TensorBoard:
 
 
 class RunDir:
-    """<run_dir>/: config.json, metrics.csv, summary.json, optionally tensorboard/."""
+    """<run_dir>/: config.json, metrics.csv, summary.json, optionally tensorboard/.
+
+    `write=False`: a reader of the directory that writes nothing (the non-primary
+    processes of a distributed run; the primary writes)."""
 
     def __init__(self, path: str, config_json: Optional[str] = None,
-                 tensorboard: bool = False):
-        self.path = path
-        os.makedirs(path, exist_ok=True)
-        if config_json is not None:
+                 tensorboard: bool = False, write: bool = True):
+        self.path, self.writes = path, write
+        if write:
+            os.makedirs(path, exist_ok=True)
+        if config_json is not None and write:
             with open(os.path.join(path, "config.json"), "w") as f:
                 f.write(config_json)
-        self.metrics = MetricsCSV(os.path.join(path, "metrics.csv"))
+        self.metrics = MetricsCSV(os.path.join(path, "metrics.csv"), write=write)
         self.tensorboard = (TensorBoard(os.path.join(path, "tensorboard"))
-                            if tensorboard else None)
+                            if tensorboard and write else None)
         self.start = time.time()
 
     def log(self, row: Dict[str, float]):
@@ -192,6 +202,8 @@ class RunDir:
 
     def write_summary(self, summary: Dict):
         self.close()
+        if not self.writes:
+            return
         tmp = os.path.join(self.path, "summary.json.tmp")
         with open(tmp, "w") as f:
             json.dump(summary, f, indent=2, default=float)

@@ -6,7 +6,9 @@ Every piece of training state carries a leading seed axis [S, ...] (S = `num_see
 S = 1 included), and seed i of a run is driven by PRNGKey(cfg.seed + i): its parameters,
 minibatches, buffers and environments are exactly those of a single-seed run with
 `seed = cfg.seed + i`. The offline dataset is held once and shared by all seeds. With
-several devices the seed axis is sharded across them (`jax.sharding`).
+several devices the seed axis is sharded across them (`jax.sharding`), on one host or,
+with `jax.distributed` (the `distributed` config section), on several (see
+o2o_jax/distributed.py: every process runs this same code; the primary writes).
 
 The run directory holds config.json, metrics.csv (one row per seed per log point),
 summary.json, offline_members/ (the pretrained members) and checkpoints/ (full training
@@ -27,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from o2o_jax import algos, checkpoints, config_checks, envs, offline, online, stats
+from o2o_jax import algos, checkpoints, config_checks, distributed, envs, offline, online, stats
 from o2o_jax.agents import fqe
 from o2o_jax.logging import Progress, RunDir, to_scalar
 from o2o_jax.replay import buffers
@@ -90,6 +92,9 @@ class Sharder:
             return max(d for d in range(1, len(devices) + 1) if count % d == 0)
 
         if not enabled or len(devices) == 1:
+            if distributed.multiprocess():
+                print(f"[shard] sharding is off: each of the {jax.process_count()} processes "
+                      "computes the whole run (set shard_seeds=True to split it)")
             return
         if num_seeds > 1:
             n = usable(num_seeds)
@@ -162,7 +167,7 @@ def device_arrays(dataset):
 def comparable_config(cfg) -> dict:
     """The config a checkpoint must share with the run resuming it."""
     d = json.loads(cfg.to_json_best_effort())
-    for k in ("resume", "run_dir", "run_name", "tensorboard"):
+    for k in ("resume", "run_dir", "run_name", "tensorboard", "distributed"):
         d.pop(k, None)
     d.get("checkpoint", {}).pop("keep", None)
     return d
@@ -189,6 +194,8 @@ class CheckpointManager:
     def save(self, order: int, tree, meta: dict, extra: Optional[dict] = None):
         path = os.path.join(self.root, f"{order:010d}")
         checkpoints.save(path, tree, {**meta, "config": self.config}, extra_files=extra)
+        if not distributed.is_primary():
+            return
         for old in self.complete()[:-self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         for unfinished in sorted(glob.glob(os.path.join(self.root, "[0-9]" * 10))):
@@ -246,7 +253,8 @@ def seeds_jit(fn, donate: bool = False):
 def evaluate_offline(ctx: Context, members):
     seeds = [OFFLINE_EVAL_SEED + 1_000 * s for s in ctx.seeds]
     policy = seeds_jit(algos.get(ctx.cfg).members_act_eval)
-    return envs.evaluate_seeds(lambda o: policy(members, jnp.asarray(o)), ctx.cfg.env,
+    return envs.evaluate_seeds(lambda o: distributed.to_host(policy(members, jnp.asarray(o))),
+                               ctx.cfg.env,
                                ctx.cfg.offline.eval_episodes, seeds)
 
 
@@ -265,6 +273,7 @@ def pretrain(ctx: Context, members, key, start_step: int = 0):
                                          seed_axis=True)
         key, k_chunk = split_each(key, 2)
         members, info = chunk(members, ctx.data, k_chunk)
+        info = distributed.to_host_tree(info)
         step += k
         extra = {}
         if step % oc.eval_interval == 0 or step == oc.steps:
@@ -302,6 +311,7 @@ def fqe_phase(ctx: Context, members, key):
         chunk = offline.make_train_chunk(k, cfg.offline.batch_size, fqe.update, seed_axis=True)
         key, k_chunk = split_each(key, 2)
         members, info = chunk(members, ctx.data, k_chunk)
+        info = distributed.to_host_tree(info)
         step += k
         for row in per_seed_rows({"phase": "fqe", "step": step, "env_steps": 0}, info,
                                  ctx.seeds):
@@ -320,7 +330,7 @@ def step_config(cfg) -> online.StepConfig:
 
 def init_online(ctx: Context, members, key):
     """Per-seed online states (built one seed at a time), stacked on the seed axis."""
-    k_init = np.asarray(key)
+    k_init = distributed.to_host(key)
     algo = algos.get(ctx.cfg)
     states = []
     for s in range(ctx.cfg.num_seeds):
@@ -353,7 +363,7 @@ def finetune(ctx: Context, state, key, start_epoch: int = 0, resume_meta=None):
     final = None
     for epoch in range(start_epoch, oc.epochs + 1):
         returns = envs.evaluate_seeds(
-            lambda o: act_eval(state.agent, jnp.asarray(o)), cfg.env,
+            lambda o: distributed.to_host(act_eval(state.agent, jnp.asarray(o))), cfg.env,
             oc.eval_episodes, eval_seeds).mean(axis=1)
         final = returns
         base = {"phase": "online", "epoch": epoch, "step": epoch,
@@ -366,19 +376,20 @@ def finetune(ctx: Context, state, key, start_epoch: int = 0, resume_meta=None):
             break
         # Collect: one batched policy call per env step for all seeds.
         key, k_collect, k_auc, k_train = split_each(key, 4)
-        step_keys = np.asarray(_split_each(k_collect, oc.env_steps_per_epoch))
+        step_keys = distributed.to_host(_split_each(k_collect, oc.env_steps_per_epoch))
         steps = []
         for t in range(oc.env_steps_per_epoch):
             action = act(state.agent, jnp.asarray(env.obs[:, None]),
                          jnp.asarray(step_keys[:, t]))
-            transition, _ = env.step(np.asarray(action)[:, 0])
+            transition, _ = env.step(distributed.to_host(action)[:, 0])
             steps.append(transition)
             for s in np.flatnonzero(env.episode_length == 0):   # episodes that just ended
                 recent[s] = (recent[s] + [float(env.last_returns[s])])[-10:]
         new = {k: jnp.asarray(np.stack([t[k] for t in steps], axis=1))
                for k in offline.TRANSITION_KEYS}
         state = state.replace(replay=_add_online(state.replay, new))
-        auroc = np.asarray(q_auroc(state.agent, new["observations"], new["actions"], k_auc))
+        auroc = distributed.to_host(q_auroc(state.agent, new["observations"], new["actions"],
+                                            k_auc))
         # Train: one compiled call per epoch's worth of updates, all seeds; the first
         # epoch runs `first_epoch_multiplier` of them.
         train = online.make_train_epoch(oc.updates_per_epoch, step_cfg, seed_axis=True)
@@ -387,7 +398,8 @@ def finetune(ctx: Context, state, key, start_epoch: int = 0, resume_meta=None):
         for k in (split_each(k_train, calls) if calls > 1 else [k_train]):
             state, info = train(state, ctx.data, k)
             infos.append(info)
-        info = jax.tree_util.tree_map(lambda *x: sum(x) / len(x), *infos)
+        info = distributed.to_host_tree(
+            jax.tree_util.tree_map(lambda *x: sum(x) / len(x), *infos))
         extra.update({"q_auroc": auroc,
                       "train_episode_return": [np.mean(r) if r else "" for r in recent]})
         for row in per_seed_rows(base, info, ctx.seeds, extra):
@@ -415,31 +427,43 @@ def create_members(ctx: Context, key):
 
 
 def run(cfg) -> dict:
-    """Run the whole experiment described by `cfg`; returns the summary dict."""
+    """Run the whole experiment described by `cfg`; returns the summary dict.
+
+    In a distributed run every process calls this with the same config (but its own
+    `distributed.process_id`); only the primary process prints and writes."""
     config_checks.check(cfg)
-    obs_dim, act_dim = envs.env_dims(cfg.env)
-    path = run_path(cfg)
-    ckpt = CheckpointManager(os.path.join(path, "checkpoints"), cfg.checkpoint.keep,
-                             comparable_config(cfg))
-    latest = ckpt.latest() if os.path.isdir(path) else None
-    run_dir = RunDir(path, cfg.to_json_best_effort(indent=2), tensorboard=cfg.tensorboard)
-    print(f"run directory: {run_dir.path}" + (f" (resuming from {latest['path']})"
-                                              if latest else ""))
-    try:
-        return _run(cfg, run_dir, ckpt, latest, obs_dim, act_dim)
-    finally:
-        run_dir.close()       # also on errors and interrupts: TensorBoard writers flushed
+    distributed.initialize(cfg.distributed)     # before any device is touched
+    with distributed.primary_output():
+        obs_dim, act_dim = envs.env_dims(cfg.env)
+        path = distributed.broadcast_str(run_path(cfg))   # one clock names the directory
+        ckpt = CheckpointManager(os.path.join(path, "checkpoints"), cfg.checkpoint.keep,
+                                 comparable_config(cfg))
+        latest = ckpt.latest() if os.path.isdir(path) else None
+        distributed.barrier("o2o_run_dir")     # all have looked before the primary writes
+        run_dir = RunDir(path, cfg.to_json_best_effort(indent=2), tensorboard=cfg.tensorboard,
+                         write=distributed.is_primary())
+        print(f"run directory: {run_dir.path}" + (f" (resuming from {latest['path']})"
+                                                  if latest else ""))
+        try:
+            return _run(cfg, run_dir, ckpt, latest, obs_dim, act_dim)
+        finally:
+            run_dir.close()   # also on errors and interrupts: TensorBoard writers flushed
 
 
 def _run(cfg, run_dir: RunDir, ckpt: CheckpointManager, latest, obs_dim: int, act_dim: int):
     if latest is None:
         run_dir.metrics.truncate(0)
-    dataset = load_dataset(cfg, obs_dim, act_dim)
+    # The primary builds a missing dataset; the other processes then read it.
+    dataset = load_dataset(cfg, obs_dim, act_dim) if distributed.is_primary() else None
+    distributed.barrier("o2o_dataset")
+    if dataset is None:
+        dataset = load_dataset(cfg, obs_dim, act_dim)
     sharder = Sharder(cfg.num_seeds, cfg.shard_seeds, num_members=cfg.agent.num_members)
     ctx = Context(cfg, run_dir, ckpt, sharder, sharder.shared(device_arrays(dataset)),
                   obs_dim, act_dim)
     print(f"dataset {dataset.dataset_id}: {dataset.num_transitions} transitions (held once "
-          f"for {cfg.num_seeds} seed(s)); devices: {jax.devices()}")
+          f"for {cfg.num_seeds} seed(s)); devices: {jax.devices()}"
+          + (f" in {jax.process_count()} processes" if distributed.multiprocess() else ""))
 
     keys = jnp.stack([jax.random.PRNGKey(s) for s in ctx.seeds])
     k_init, k_offline, k_online = split_each(keys, 3)

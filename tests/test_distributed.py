@@ -1,0 +1,86 @@
+"""Two processes joined by jax.distributed (one CPU device each, talking over gloo) run
+the pipeline as one program: the numbers of a single unsharded process, one run directory
+written by the primary alone, and a resume from the checkpoint both processes wrote."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+
+from o2o_jax import pipeline
+from tests.test_pipeline import ROOT, numeric_rows, read_rows, tiny_config
+
+SCRIPT = r"""
+import json, os, sys
+sys.path.insert(0, {root!r})
+os.environ["MINARI_DATASETS_PATH"] = {minari!r}
+from tests.test_pipeline import tiny_config, read_rows
+from o2o_jax import pipeline
+pid, port = int(sys.argv[1]), sys.argv[2]
+dist = {{"distributed.coordinator_address": f"localhost:{{port}}",
+        "distributed.num_processes": 2, "distributed.process_id": pid}}
+s = pipeline.run(tiny_config({out_dir!r}, "dist", num_seeds=2, **dist))
+import jax
+run = os.path.join({out_dir!r}, "dist")
+out = {{"devices": len(jax.devices()), "local_devices": len(jax.local_devices()),
+       "process": jax.process_index(), "offline": s["offline"]["per_seed_return"],
+       "final": s["final"]["per_seed_return"], "rows": read_rows(run)}}
+# The same command again into the same directory resumes from its newest checkpoint
+# (online, before the last epoch), restored on both processes.
+s = pipeline.run(tiny_config({out_dir!r}, "dist", num_seeds=2, resume=True, **dist))
+out.update(resumed_final=s["final"]["per_seed_return"], resumed_rows=read_rows(run))
+print("RESULT", json.dumps(out))
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_equal_one_and_resume(minari_root, tmp_path):
+    script = SCRIPT.format(root=ROOT, minari=minari_root, out_dir=str(tmp_path))
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+           "JAX_PLATFORMS": "cpu"}
+    port = str(free_port())
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(pid), port], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for pid in (0, 1)]
+    try:
+        outs = [p.communicate(timeout=600) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    res = [json.loads(next(l for l in out.splitlines() if l.startswith("RESULT"))[6:])
+           for out, _ in outs]
+    assert [r["process"] for r in res] == [0, 1]
+    assert all(r["devices"] == 2 and r["local_devices"] == 1 for r in res)
+    # Only the primary reports; the other process printed nothing of the run.
+    assert "[offline" in outs[0][1] and "[offline" not in outs[1][1]
+    assert "run directory" not in outs[1][0]
+
+    # The numbers of one process holding both seeds, unsharded.
+    ref = pipeline.run(tiny_config(tmp_path, "ref", num_seeds=2, shard_seeds=False))
+    for r in res:   # every process returns the same summary
+        np.testing.assert_allclose(r["offline"], ref["offline"]["per_seed_return"], rtol=1e-4)
+        np.testing.assert_allclose(r["final"], ref["final"]["per_seed_return"], rtol=1e-4)
+        np.testing.assert_allclose(r["resumed_final"], r["final"], rtol=1e-5)
+    # One CSV, written once: the reference's rows and columns (losses to float tolerance).
+    rows, ref_rows = res[0]["rows"], read_rows(os.path.join(tmp_path, "ref"))
+    assert len(rows) == len(ref_rows) and rows[0].keys() == ref_rows[0].keys()
+    for mine, theirs in zip(numeric_rows(rows), numeric_rows(ref_rows)):
+        for k in mine:
+            if mine[k] and k not in ("phase",):
+                np.testing.assert_allclose(float(mine[k]), float(theirs[k]), rtol=2e-3,
+                                           atol=1e-4, err_msg=k)
+    # The resumed run rewrote the rows after its checkpoint to the same values.
+    assert numeric_rows(res[0]["resumed_rows"]) == numeric_rows(rows)
+    ckpts = os.listdir(os.path.join(tmp_path, "dist", "checkpoints"))
+    assert len(ckpts) == 2 and all(
+        os.path.exists(os.path.join(tmp_path, "dist", "checkpoints", c, "meta.json"))
+        for c in ckpts)
