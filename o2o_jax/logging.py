@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import shutil
 import sys
 import time
 from typing import Callable, Dict, Optional
@@ -59,6 +60,16 @@ class MetricsCSV:
         else:
             with open(self.path, "a", newline="") as f:
                 csv.DictWriter(f, self.columns, restval="").writerow(row)
+
+
+def _number_or_text(value):
+    """A CSV cell read back: a float if it is one, else the text ('' stays '')."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        return value
 
 
 def format_seconds(seconds: float) -> str:
@@ -124,8 +135,8 @@ class TensorBoard:
     """Scalars of the metrics rows as TensorBoard event files, one run per seed:
     <dir>/seed<seed>/, tags `<phase>/<column>`, step = gradient step offline and env step
     online. Uses the `tensorboard` package's own writer (no TensorFlow needed). A resumed
-    run appends a new event file; points between the checkpoint and the interruption are
-    then logged twice (the CSV, truncated on resume, is the record)."""
+    run rewrites the event files from the CSV rows it keeps (`RunDir.truncate`), so no
+    point is logged twice."""
 
     def __init__(self, directory: str):
         try:
@@ -182,6 +193,21 @@ class RunDir:
         self.tensorboard = (TensorBoard(os.path.join(path, "tensorboard"))
                             if tensorboard and write else None)
         self.start = time.time()
+
+    def truncate(self, num_rows: int):
+        """Keep the first `num_rows` metrics rows (a resume drops what was logged after its
+        checkpoint). TensorBoard event files cannot be cut, so they are rewritten from the
+        kept rows (their wall times become the time of the rewrite)."""
+        self.metrics.truncate(num_rows)
+        if self.tensorboard is None:
+            return
+        self.tensorboard.close()
+        shutil.rmtree(self.tensorboard.directory, ignore_errors=True)
+        self.tensorboard = TensorBoard(self.tensorboard.directory)
+        now = time.time()
+        for row in self.metrics.rows:
+            self.tensorboard.write({k: _number_or_text(v) for k, v in row.items()}, now)
+        self.tensorboard.flush()
 
     def log(self, row: Dict[str, float]):
         self.metrics.write({"wall_time": time.time() - self.start, **row})

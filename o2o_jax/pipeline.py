@@ -344,8 +344,11 @@ def init_online(ctx: Context, members, key):
 _add_online = jax.jit(jax.vmap(buffers.add_online), donate_argnums=0)
 
 
-def finetune(ctx: Context, state, key, start_epoch: int = 0, resume_meta=None):
-    """Online phase (spec section 5): per epoch evaluate, collect, train; S seeds at once."""
+def finetune(ctx: Context, state, key, start_epoch: int = 0, resume_meta=None,
+             offline_return=None):
+    """Online phase (spec section 5): per epoch evaluate, collect, train; S seeds at once.
+    `offline_return` (the pretrained members' score) rides in the checkpoints so that a
+    resumed run's summary still reports it."""
     cfg, oc = ctx.cfg, ctx.cfg.online
     step_cfg = step_config(cfg)
     algo = algos.get(cfg)
@@ -412,7 +415,9 @@ def finetune(ctx: Context, state, key, start_epoch: int = 0, resume_meta=None):
             ctx.run_dir.flush()
             ctx.ckpt.save(cfg.offline.steps + epoch + 1, {"state": state, "key": key},
                           {"phase": "online", "epoch": epoch + 1,
-                           "csv_rows": len(ctx.run_dir.metrics.rows), "recent_returns": recent},
+                           "csv_rows": len(ctx.run_dir.metrics.rows), "recent_returns": recent,
+                           "offline_return": None if offline_return is None
+                           else [float(r) for r in offline_return]},
                           extra={"env_state.pkl": pickle.dumps(env.get_state())})
     env.close()
     return state, final
@@ -452,7 +457,7 @@ def run(cfg) -> dict:
 
 def _run(cfg, run_dir: RunDir, ckpt: CheckpointManager, latest, obs_dim: int, act_dim: int):
     if latest is None:
-        run_dir.metrics.truncate(0)
+        run_dir.truncate(0)
     # The primary builds a missing dataset; the other processes then read it.
     dataset = load_dataset(cfg, obs_dim, act_dim) if distributed.is_primary() else None
     distributed.barrier("o2o_dataset")
@@ -485,7 +490,7 @@ def _run(cfg, run_dir: RunDir, ckpt: CheckpointManager, latest, obs_dim: int, ac
             restored = ckpt.restore(latest, {"members": members, "key": k_offline})
             members, k_offline = sharder.seeds(restored["members"]), restored["key"]
             start = latest["step"]
-            run_dir.metrics.truncate(latest["csv_rows"])   # only once restore succeeded
+            run_dir.truncate(latest["csv_rows"])   # only once restore succeeded
         members, offline_return = pretrain(ctx, members, k_offline, start)
         if cfg.algo == "fqe_init":
             members = fqe_phase(ctx, members, k_offline)
@@ -503,11 +508,13 @@ def _run(cfg, run_dir: RunDir, ckpt: CheckpointManager, latest, obs_dim: int, ac
         if phase == "online":
             restored = ckpt.restore(latest, {"state": state, "key": k_loop})
             state, k_loop = restored["state"], restored["key"]
-            run_dir.metrics.truncate(latest["csv_rows"])
+            run_dir.truncate(latest["csv_rows"])
             start_epoch, resume_meta = latest["epoch"], latest
+            offline_return = latest.get("offline_return")
         state = sharder.seeds(state)
         del members
-        _, online_return = finetune(ctx, state, k_loop, start_epoch, resume_meta)
+        _, online_return = finetune(ctx, state, k_loop, start_epoch, resume_meta,
+                                    offline_return)
     summary = summarize(cfg, dataset, offline_return, online_return, offline_time,
                         time.time() - t0, run_dir.path)
     run_dir.write_summary(summary)

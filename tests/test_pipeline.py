@@ -150,26 +150,39 @@ def test_finetune_only_from_saved_members_repeats_the_online_phase(reference_run
 def test_kill_and_resume_matches_uninterrupted_run(reference_run, tmp_path, monkeypatch,
                                                    stop_after):
     ref, ref_dir = reference_run
-    original = pipeline.CheckpointManager.save
+    original, original_log = pipeline.CheckpointManager.save, pipeline.RunDir.log
     saves = []
 
-    def save_then_die(self, *args, **kwargs):
+    def save_and_count(self, *args, **kwargs):
         original(self, *args, **kwargs)
         saves.append(args[0])
+
+    def log_then_die(self, row):   # killed after logging one row past the checkpoint
+        original_log(self, row)
         if len(saves) == stop_after:
             raise Interrupt()
 
-    monkeypatch.setattr(pipeline.CheckpointManager, "save", save_then_die)
+    monkeypatch.setattr(pipeline.CheckpointManager, "save", save_and_count)
+    monkeypatch.setattr(pipeline.RunDir, "log", log_then_die)
     with pytest.raises(Interrupt):
-        pipeline.run(tiny_config(tmp_path, "cut"))
+        pipeline.run(tiny_config(tmp_path, "cut", tensorboard=True))
     monkeypatch.setattr(pipeline.CheckpointManager, "save", original)
+    monkeypatch.setattr(pipeline.RunDir, "log", original_log)
+    assert len(read_rows(os.path.join(tmp_path, "cut"))) > checkpoints.read_meta(
+        pipeline.CheckpointManager(os.path.join(tmp_path, "cut", "checkpoints"), 2,
+                                   None).complete()[-1])["csv_rows"]
     latest = pipeline.CheckpointManager(os.path.join(tmp_path, "cut", "checkpoints"), 2,
                                         None).complete()[-1]
     assert checkpoints.read_meta(latest)["phase"] == ("offline" if stop_after == 1 else "online")
-    resumed = pipeline.run(tiny_config(tmp_path, "cut"))
+    resumed = pipeline.run(tiny_config(tmp_path, "cut", tensorboard=True))
     assert resumed["final"]["per_seed_return"] == ref["final"]["per_seed_return"]
-    assert numeric_rows(read_rows(os.path.join(tmp_path, "cut"))) == numeric_rows(
-        read_rows(ref_dir))
+    # Resumed online, the summary still reports the pretrained members' score.
+    assert resumed["offline"]["per_seed_return"] == ref["offline"]["per_seed_return"]
+    rows = read_rows(os.path.join(tmp_path, "cut"))
+    assert numeric_rows(rows) == numeric_rows(read_rows(ref_dir))
+    # TensorBoard holds each logged point once (not again for the rows redone after the
+    # checkpoint).
+    check_tensorboard_matches_csv(os.path.join(tmp_path, "cut"), rows, seeds=[0])
 
 
 def test_corrupt_and_mismatched_checkpoints_are_refused(minari_root, tmp_path, monkeypatch):
