@@ -7,6 +7,11 @@ Each method runs through the same pipeline (`experiments.train`) with its paper 
 (configs/algos.py) applied on top of the given config, with `--seeds` vmapped seeds.
 Budget overrides on the command line (--config.offline.steps=...) apply to every method.
 Writes <out>/<method>/ run directories, <out>/comparison.md and .csv, and figures.
+
+Methods whose offline phase is the same computation (same pretraining losses and the same
+config apart from the online phase, e.g. off2on and cql_ft) pretrain once: the later ones
+fine-tune the first one's saved members (`online.load_offline_from`), which gives the same
+online run as pretraining again. `--noshare_offline` pretrains every method itself.
 """
 import os
 
@@ -14,6 +19,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import copy  # noqa: E402
 import csv  # noqa: E402
+import json  # noqa: E402
 import time  # noqa: E402
 
 from absl import app, flags, logging  # noqa: E402
@@ -26,6 +32,8 @@ _METHODS = flags.DEFINE_list("methods", ["off2on", "sac_ft", "cql_ft", "awac", "
                                          "sac"], "methods to compare (configs/algos.py)")
 _SEEDS = flags.DEFINE_integer("seeds", 3, "seeds per method (vmapped in one program)")
 _OUT = flags.DEFINE_string("out", "", "output folder (default runs/compare-<time>)")
+_SHARE = flags.DEFINE_bool("share_offline", True, "pretrain once for methods whose offline "
+                           "phase is identical (they fine-tune the same saved members)")
 
 
 def method_config(base, method: str, seeds: int, out: str):
@@ -37,17 +45,50 @@ def method_config(base, method: str, seeds: int, out: str):
     return cfg
 
 
-def table(out: str, methods, runs) -> str:
+def offline_signature(cfg):
+    """What determines the offline phase's result, or None if it cannot be shared (no
+    pretraining, members loaded anyway, or FQE-init, whose saved members are post-FQE)."""
+    from o2o_jax import algos, pipeline
+    if (cfg.offline.steps == 0 or cfg.online.load_offline_from or cfg.algo == "fqe_init"
+            or not cfg.offline.save_members):
+        return None
+    d = pipeline.comparable_config(cfg)
+    for k in ("online", "algo", "fqe"):
+        d.pop(k, None)
+    algo = algos.get(cfg)
+    return (algo.offline_update, algo.create_members, json.dumps(d, sort_keys=True))
+
+
+def share_offline(cfgs, methods, out):
+    """Point each method at the saved members of the first method with its offline
+    signature; returns {method: method whose pretraining it uses}."""
+    first, source = {}, {}
+    for method, cfg in zip(methods, cfgs):
+        sig = offline_signature(cfg)
+        if sig is None:
+            continue
+        if sig in first:
+            source[method] = first[sig]
+            cfg.online.load_offline_from = os.path.join(out, first[sig], "offline_members")
+        else:
+            first[sig] = method
+    return source
+
+
+def table(out: str, methods, runs, offline_runs=None) -> str:
     from o2o_jax import results, stats
     lines = ["| method | final normalised score (mean ± std over seeds) | IQM | 95% CI of mean "
              "| after offline | seeds |", "|---|---|---|---|---|---|"]
     rows = []
-    for method, run in zip(methods, runs):
+    for method, run, off_run in zip(methods, runs, offline_runs or runs):
         final = results.final_values(run, "normalized_score", "online")
-        off = (results.final_values(run, "normalized_score", "offline")
-               if results.has_metric(run, "normalized_score", "offline") else np.array([]))
+        off = (results.final_values(off_run, "normalized_score", "offline")
+               if results.has_metric(off_run, "normalized_score", "offline")
+               else np.array([]))
         s = stats.summarize(final)
         off_txt = f"{np.nanmean(off):.1f}" if off.size else "—"
+        if off_run is not run and off.size:
+            off_txt += f" ({os.path.basename(off_run.path)}'s pretraining)"
         lines.append(f"| {method} | {s['mean']:.1f} ± {np.nanstd(final):.1f} | {s['iqm']:.1f} "
                      f"| [{s['ci_low']:.1f}, {s['ci_high']:.1f}] | {off_txt} | {s['n']} |")
         rows.append({"method": method, "mean": s["mean"], "std": float(np.nanstd(final)),
@@ -74,13 +115,18 @@ def main(argv):
     from o2o_jax import config_checks
     for cfg in cfgs:
         config_checks.check(cfg)
+    source = share_offline(cfgs, methods, out) if _SHARE.value else {}
     t0 = time.time()
     for i, cfg in enumerate(cfgs):
-        print(f"[compare] {i + 1}/{len(cfgs)}: {cfg.algo} ({_SEEDS.value} seeds); "
+        shared = (f"; fine-tunes the members pretrained for {source[methods[i]]}"
+                  if methods[i] in source else "")
+        print(f"[compare] {i + 1}/{len(cfgs)}: {cfg.algo} ({_SEEDS.value} seeds){shared}; "
               f"elapsed {time.time() - t0:.0f} s", flush=True)
         pipeline.run(cfg)
     runs = [results.load_run(os.path.join(out, m)) for m in methods]
-    md = table(out, methods, runs)
+    offline_runs = [runs[methods.index(source[m])] if m in source else run
+                    for m, run in zip(methods, runs)]
+    md = table(out, methods, runs, offline_runs)
     figures = plot.make_plots(runs, out, labels=methods)
     header = (f"Dataset {runs[0].config['dataset']['kind']} ({runs[0].config['env']}), "
               f"{_SEEDS.value} seeds per method, offline steps {base.offline.steps}, "

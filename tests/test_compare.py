@@ -1,4 +1,5 @@
-"""experiments.compare on tiny runs: its table agrees with each run's own summary."""
+"""experiments.compare on tiny runs: its table agrees with each run's own summary, and
+methods with the same offline phase pretrain once."""
 import csv
 import json
 import os
@@ -25,12 +26,12 @@ def test_compare_writes_table_consistent_with_runs(minari_root, tmp_path):
     env = {**os.environ, "MINARI_DATASETS_PATH": minari_root, "PYTHONPATH": ROOT}
     proc = subprocess.run(
         [sys.executable, "-m", "experiments.compare", "--config=configs/hopper_medium.py:quick",
-         "--methods=off2on,sac_ft", "--seeds=2", f"--out={out}", *TINY],
+         "--methods=off2on,sac_ft,cql_ft", "--seeds=2", f"--out={out}", *TINY],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(os.path.join(out, "comparison.csv")) as f:
         rows = {r["method"]: r for r in csv.DictReader(f)}
-    assert set(rows) == {"off2on", "sac_ft"}
+    assert set(rows) == {"off2on", "sac_ft", "cql_ft"}
     for method, row in rows.items():
         with open(os.path.join(out, method, "summary.json")) as f:
             summary = json.load(f)
@@ -38,8 +39,24 @@ def test_compare_writes_table_consistent_with_runs(minari_root, tmp_path):
         assert len(per_seed) == 2
         np.testing.assert_allclose(float(row["mean"]), np.mean(per_seed), rtol=1e-6)
         np.testing.assert_allclose(float(row["std"]), np.std(per_seed), rtol=1e-6, atol=1e-9)
-    with open(os.path.join(out, method, "config.json")) as f:
-        assert json.load(f)["agent"]["num_members"] == 1        # sac_ft preset applied
+    configs = {}
+    for method in rows:
+        with open(os.path.join(out, method, "config.json")) as f:
+            configs[method] = json.load(f)
+    assert configs["sac_ft"]["agent"]["num_members"] == 1      # sac_ft preset applied
+    # cql_ft pretrains exactly as off2on does: it fine-tunes off2on's members instead of
+    # pretraining again; sac_ft (N = 1) pretrains itself. The table's offline column of
+    # cql_ft is off2on's.
+    assert configs["cql_ft"]["online"]["load_offline_from"] == os.path.join(
+        out, "off2on", "offline_members")
+    assert not configs["sac_ft"]["online"]["load_offline_from"]
+    with open(os.path.join(out, "cql_ft", "metrics.csv")) as f:
+        assert {r["phase"] for r in csv.DictReader(f)} == {"online"}
+    with open(os.path.join(out, "off2on", "summary.json")) as f:
+        off2on_offline = json.load(f)["offline"]["per_seed_normalized"]
+    np.testing.assert_allclose(float(rows["cql_ft"]["offline_mean"]), np.mean(off2on_offline),
+                               rtol=1e-6)
+    assert float(rows["off2on"]["offline_mean"]) == float(rows["cql_ft"]["offline_mean"])
     md = open(os.path.join(out, "comparison.md")).read()
     assert "| off2on |" in md and "| sac_ft |" in md
     assert os.path.getsize(os.path.join(out, "online_normalized_score.png")) > 5000
