@@ -141,10 +141,11 @@ def check_distributed(cfg):
         _check(not d.auto, "distributed.auto", d.auto,
                "must be False when distributed.coordinator_address is given (auto reads "
                "the address from the cluster)")
-        _check(d.process_id < d.num_processes, "distributed.process_id", d.process_id,
-               f"must be < distributed.num_processes = {d.num_processes} (0 on the "
-               "coordinator's host)")
     else:
         _check(d.num_processes == 1 or d.auto, "distributed.num_processes",
                d.num_processes, "must be 1 without distributed.coordinator_address "
                "(give the address of process 0, or set distributed.auto=True on a cluster)")
+    if not d.auto:
+        _check(d.process_id < d.num_processes, "distributed.process_id", d.process_id,
+               f"must be < distributed.num_processes = {d.num_processes} (0 on the "
+               "coordinator's host)")

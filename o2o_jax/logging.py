@@ -160,7 +160,7 @@ class TensorBoard:
         step = int(row["env_steps"] if phase == "online" else row.get("step", 0))
         values = [self._summary.Summary.Value(tag=f"{phase}/{k}", simple_value=float(v))
                   for k, v in row.items()
-                  if k not in ("phase", "seed", "step", "env_steps", "epoch")
+                  if k not in ("phase", "seed", "step", "env_steps", "epoch", "wall_time")
                   and not isinstance(v, str) and np.isfinite(v)]
         if values:
             self.writers[key].add_event(self._event.Event(

@@ -77,7 +77,8 @@ def run_path(cfg) -> str:
 class Sharder:
     """Places seed-stacked state on a device mesh (identity on 1 device).
 
-    Seeds are split over the devices (the largest count dividing `num_seeds`); with a
+    Seeds are split over the devices (the largest count dividing `num_seeds`, taken
+    evenly from every process's devices in a distributed run); with a
     single seed the ensemble members are split instead (axis 1 of every member-stacked
     leaf of the agent; buffers, density-ratio net and shared scalars are replicated).
     Placement only steers XLA's partitioner: the numbers are those of one device up to
@@ -87,26 +88,38 @@ class Sharder:
     def __init__(self, num_seeds: int, enabled: bool = True, num_members: int = 1):
         devices = jax.devices()
         self.mesh, self.axis, self.num_members = None, None, num_members
+        procs = jax.process_count()
+        by_process = [[d for d in devices if d.process_index == p] for p in range(procs)]
 
         def usable(count):
-            return max(d for d in range(1, len(devices) + 1) if count % d == 0)
+            # Every process holds the same number of the mesh's devices: a process with
+            # none of them could not read the results it has to act on.
+            return max((d for d in range(1, len(devices) + 1) if count % d == 0
+                        and d % procs == 0 and d // procs <= min(map(len, by_process))),
+                       default=1)
 
-        if not enabled or len(devices) == 1:
-            if distributed.multiprocess():
-                print(f"[shard] sharding is off: each of the {jax.process_count()} processes "
-                      "computes the whole run (set shard_seeds=True to split it)")
+        def mesh(n, axis):
+            return Mesh(np.array([d for local in by_process for d in local[:n // procs]]),
+                        (axis,))
+
+        n = usable(num_seeds if num_seeds > 1 else num_members) if enabled else 1
+        if n > 1:
+            self.axis = "seed" if num_seeds > 1 else "member"
+            self.mesh = mesh(n, self.axis)
+        if len(devices) == 1:
             return
-        if num_seeds > 1:
-            n = usable(num_seeds)
-            if n > 1:
-                self.mesh, self.axis = Mesh(np.array(devices[:n]), ("seed",)), "seed"
+        if n == 1 and procs > 1:
+            print(f"[shard] not sharded: each of the {procs} processes computes the whole run"
+                  + (" (shard_seeds=False)" if not enabled else
+                     f" (no split of {max(num_seeds, num_members)} over the same number of "
+                     "devices on every process)"))
+        elif not enabled:
+            return
+        elif num_seeds > 1:
             if n < len(devices):
                 print(f"[shard] {num_seeds} seeds over {n} of {len(devices)} devices (a "
                       "multiple of the device count would use them all)")
         else:
-            n = usable(num_members)
-            if n > 1:
-                self.mesh, self.axis = Mesh(np.array(devices[:n]), ("member",)), "member"
             print(f"[shard] 1 seed: its {num_members} ensemble member(s) split over {n} of "
                   f"{len(devices)} devices (several seeds, --config.num_seeds, would use "
                   "them better)" if n < len(devices) else
@@ -156,6 +169,16 @@ def load_dataset(cfg, obs_dim: int, act_dim: int):
             f"({dataset.obs_dim}, {dataset.act_dim}) but env {cfg.env!r} has "
             f"({obs_dim}, {act_dim}); point --config.dataset.id at a dataset of that env")
     return dataset
+
+
+def agree(value: str, what: str, fix: str) -> None:
+    """In a distributed run, stop unless every process sees the same `value` of `what`."""
+    if not distributed.multiprocess():
+        return
+    primary = distributed.broadcast_str(value)
+    if value != primary:   # raised where they differ; the others stop with the run
+        raise RuntimeError(f"process {jax.process_index()} sees {what} as {value!r}, process "
+                           f"0 as {primary!r}; {fix}")
 
 
 def device_arrays(dataset):
@@ -444,6 +467,8 @@ def run(cfg) -> dict:
         ckpt = CheckpointManager(os.path.join(path, "checkpoints"), cfg.checkpoint.keep,
                                  comparable_config(cfg))
         latest = ckpt.latest() if os.path.isdir(path) else None
+        agree(latest["path"] if latest else "(none)", "the newest checkpoint of the run "
+              "directory", "the run directory must be on a filesystem every host shares")
         distributed.barrier("o2o_run_dir")     # all have looked before the primary writes
         run_dir = RunDir(path, cfg.to_json_best_effort(indent=2), tensorboard=cfg.tensorboard,
                          write=distributed.is_primary())
@@ -463,6 +488,10 @@ def _run(cfg, run_dir: RunDir, ckpt: CheckpointManager, latest, obs_dim: int, ac
     distributed.barrier("o2o_dataset")
     if dataset is None:
         dataset = load_dataset(cfg, obs_dim, act_dim)
+    obs = dataset.arrays["observations"]
+    agree(f"{dataset.num_transitions} {float(np.sum(obs, dtype=np.float64))!r}",
+          f"dataset {dataset.dataset_id}", "point MINARI_DATASETS_PATH of every host at "
+          "one shared folder (or copy the primary's dataset there)")
     sharder = Sharder(cfg.num_seeds, cfg.shard_seeds, num_members=cfg.agent.num_members)
     ctx = Context(cfg, run_dir, ckpt, sharder, sharder.shared(device_arrays(dataset)),
                   obs_dim, act_dim)

@@ -1,4 +1,4 @@
-"""Two processes joined by jax.distributed (one CPU device each, talking over gloo) run
+"""Two processes joined by jax.distributed (two CPU devices each, talking over gloo) run
 the pipeline as one program: the numbers of a single unsharded process, one run directory
 written by the primary alone, and a resume from the checkpoint both processes wrote."""
 import json
@@ -19,6 +19,20 @@ os.environ["MINARI_DATASETS_PATH"] = {minari!r}
 from tests.test_pipeline import tiny_config, read_rows
 from o2o_jax import pipeline
 pid, port = int(sys.argv[1]), sys.argv[2]
+if pid == 1:   # the non-primary process must not write into the run directory
+    import builtins
+    out_dir, real_open, real_replace = os.path.realpath({out_dir!r}), builtins.open, os.replace
+    def guarded(path):
+        if os.path.realpath(str(path)).startswith(out_dir):
+            raise PermissionError(f"process 1 wrote {{path}}")
+    def open_(file, mode="r", *a, **k):
+        if any(c in mode for c in "wax+"):
+            guarded(file)
+        return real_open(file, mode, *a, **k)
+    def replace_(src, dst, *a, **k):
+        guarded(dst)
+        return real_replace(src, dst, *a, **k)
+    builtins.open, os.replace = open_, replace_
 dist = {{"distributed.coordinator_address": f"localhost:{{port}}",
         "distributed.num_processes": 2, "distributed.process_id": pid}}
 s = pipeline.run(tiny_config({out_dir!r}, "dist", num_seeds=2, **dist))
@@ -43,7 +57,7 @@ def free_port() -> int:
 
 def test_two_processes_equal_one_and_resume(minari_root, tmp_path):
     script = SCRIPT.format(root=ROOT, minari=minari_root, out_dir=str(tmp_path))
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
            "JAX_PLATFORMS": "cpu"}
     port = str(free_port())
     procs = [subprocess.Popen([sys.executable, "-c", script, str(pid), port], env=env,
@@ -59,7 +73,9 @@ def test_two_processes_equal_one_and_resume(minari_root, tmp_path):
     res = [json.loads(next(l for l in out.splitlines() if l.startswith("RESULT"))[6:])
            for out, _ in outs]
     assert [r["process"] for r in res] == [0, 1]
-    assert all(r["devices"] == 2 and r["local_devices"] == 1 for r in res)
+    assert all(r["devices"] == 4 and r["local_devices"] == 2 for r in res)
+    # The 2 seeds are split one per process (not both onto process 0's two devices).
+    assert "[shard] 2 seeds over 2 of 4 devices" in outs[0][0]
     # Only the primary reports; the other process printed nothing of the run.
     assert "[offline" in outs[0][1] and "[offline" not in outs[1][1]
     assert "run directory" not in outs[1][0]

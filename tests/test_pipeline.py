@@ -78,6 +78,7 @@ def check_tensorboard_matches_csv(run, rows, seeds):
         acc = event_accumulator.EventAccumulator(os.path.join(run, "tensorboard", f"seed{seed}"))
         acc.Reload()
         mine = [r for r in rows if int(float(r["seed"])) == seed]
+        assert not any(t.endswith("wall_time") for t in acc.Tags()["scalars"])
         for phase, key, step_col in [("offline", "critic_loss", "step"),
                                      ("online", "normalized_score", "env_steps"),
                                      ("online", "offline_fraction", "env_steps")]:
