@@ -23,7 +23,8 @@ import numpy as np
 
 def initialize(dc) -> None:
     """Join the processes of a distributed run (no-op for a single process or when done)."""
-    if not (dc.auto or dc.coordinator_address) or jax.distributed.is_initialized():
+    if dc is None or not (dc.auto or dc.coordinator_address) or \
+            jax.distributed.is_initialized():
         return
     # CPU devices need a collectives library to talk across processes; GPUs use NCCL.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")

@@ -460,7 +460,7 @@ def run(cfg) -> dict:
     In a distributed run every process calls this with the same config (but its own
     `distributed.process_id`); only the primary process prints and writes."""
     config_checks.check(cfg)
-    distributed.initialize(cfg.distributed)     # before any device is touched
+    distributed.initialize(cfg.get("distributed"))   # before any device is touched
     with distributed.primary_output():
         obs_dim, act_dim = envs.env_dims(cfg.env)
         path = distributed.broadcast_str(run_path(cfg))   # one clock names the directory
