@@ -28,11 +28,22 @@ def initialize(dc) -> None:
         return
     # CPU devices need a collectives library to talk across processes; GPUs use NCCL.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    if dc.auto:
-        jax.distributed.initialize()
-    else:
-        jax.distributed.initialize(coordinator_address=dc.coordinator_address,
-                                   num_processes=dc.num_processes, process_id=dc.process_id)
+    try:
+        if dc.auto:
+            jax.distributed.initialize()
+        else:
+            jax.distributed.initialize(coordinator_address=dc.coordinator_address,
+                                       num_processes=dc.num_processes,
+                                       process_id=dc.process_id)
+    except (ValueError, RuntimeError) as e:
+        how = ("distributed.auto=True found no cluster it knows (SLURM, Open MPI, Kubernetes, "
+               "TPU pods); give distributed.coordinator_address, num_processes and "
+               "process_id instead" if dc.auto else
+               f"could not join {dc.num_processes} processes at "
+               f"{dc.coordinator_address!r} as process {dc.process_id}: start the same "
+               "command on every host with its own process_id, process 0 on the "
+               "coordinator's host, within JAX's start-up timeout (5 min)")
+        raise RuntimeError(f"{how} ({type(e).__name__}: {e})") from e
 
 
 def multiprocess() -> bool:

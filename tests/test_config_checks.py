@@ -65,3 +65,20 @@ def test_distributed_process_id_must_be_below_process_count():
         config_checks.check(c)
     c.distributed.process_id = 1
     config_checks.check(c)
+
+
+def test_distributed_auto_outside_a_cluster_says_what_to_set():
+    """JAX's own error ('coordinator_address should be defined') names no config field."""
+    import subprocess
+    import sys
+    code = ("from configs import hopper_medium\nfrom o2o_jax import distributed\n"
+            "c = hopper_medium.get_config('quick')\nc.distributed.auto = True\n"
+            "distributed.initialize(c.distributed)\n")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SLURM_", "OMPI_", "PMI_"))}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env=env,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode != 0
+    assert "distributed.coordinator_address" in proc.stderr
+    assert "found no cluster" in proc.stderr
