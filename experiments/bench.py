@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 
 from configs import base  # noqa: E402
 from o2o_jax import flops, offline  # noqa: E402
+from o2o_jax.logging import format_seconds  # noqa: E402
 from o2o_jax.agents import cql, ensemble, sac  # noqa: E402
 
 # The authors' PyTorch code, full online steps/s (N = 5, batch 256, 2x256, both cores of a
@@ -170,10 +171,13 @@ def bench_online(hidden, batch, members, steps, reps, peak, num_offline=1_000_00
     full = 1.0 / (1.0 / rows[0][1] + env_s)
     print(f"env interaction (one stochastic ensemble-policy call + one hopper step): "
           f"{1e3 * env_s:.2f} ms per step")
+    against = (f" = {full / AUTHORS_STEPS_PER_S:.2f}x the authors' PyTorch "
+               f"{AUTHORS_STEPS_PER_S} steps/s (N=5, batch 256, 2x256, 2 CPU cores)"
+               if paper_sizes(hidden, batch, members) else
+               " (not the paper's sizes: no comparison with the authors' code)")
     print(f"**full online step** (env step + policy sample + fused gradient step): "
-          f"{full:.1f} steps/s = {full / AUTHORS_STEPS_PER_S:.2f}x the authors' PyTorch "
-          f"{AUTHORS_STEPS_PER_S} steps/s (N=5, batch 256, 2x256, 2 CPU cores)")
-    return rows
+          f"{full:.1f} steps/s{against}")
+    return rows, full
 
 
 def bench_interaction(agent, steps: int = 1000) -> float:
@@ -230,6 +234,26 @@ def bench_seeds(hidden, batch, members, steps, reps, seed_counts=(1, 2, 4, 8)):
         base = base or per_call
         print(f"| {num} | {num * steps / per_call:.1f} | {steps / per_call:.1f} | "
               f"{per_call / base:.2f}x | {compile_s:.1f} |")
+    print(f"S={seed_counts[-1]} takes {per_call / base:.2f}x the time of S=1 (target on an "
+          "H100/H200: at most 2x)")
+
+
+def paper_sizes(hidden, batch, members) -> bool:
+    """Whether a bench ran at the sizes the paper's figures refer to."""
+    return list(hidden) == [256, 256] and batch == 256 and members == 5
+
+
+def pipeline_estimate(ensemble_updates_per_s: float, online_steps_per_s: float,
+                      offline_steps: int = 1_000_000, online_steps: int = 250_000) -> str:
+    """The paper-scale pipeline's training time from the measured rates: the N members
+    pretrain in one program (one ensemble update per step), then the full online steps."""
+    off_s, on_s = offline_steps / ensemble_updates_per_s, online_steps / online_steps_per_s
+    return (f"**paper-scale hopper-medium pipeline, estimated from the rates above**: "
+            f"{offline_steps:,} CQL-ensemble updates at {ensemble_updates_per_s:.1f}/s = "
+            f"{format_seconds(off_s)}, + {online_steps:,} full online steps at "
+            f"{online_steps_per_s:.1f}/s = {format_seconds(on_s)}; total "
+            f"{format_seconds(off_s + on_s)} (target on an H100/H200: at most 15 min; "
+            "evaluations and dataset loading not included)")
 
 
 def main(argv):
@@ -244,22 +268,21 @@ def main(argv):
         print(f"| shape | GFLOP/s |\n|---|---|\n| [{batch * 8},{hidden[0]}]x[{hidden[0]},"
               f"{hidden[0]}] (reference for %) | {peak / 1e9:.1f} |\n| [2048,2048]x[2048,2048] "
               f"| {big / 1e9:.1f} |")
+    agent_rows = online_full = None
     if "agents" in FLAGS.value:
-        bench_agents(hidden, batch, _MEMBERS.value, steps, reps, peak)
+        agent_rows = bench_agents(hidden, batch, _MEMBERS.value, steps, reps, peak)
     if "online" in FLAGS.value:
-        bench_online(hidden, batch, _MEMBERS.value, steps, reps, peak)
+        _, online_full = bench_online(hidden, batch, _MEMBERS.value, steps, reps, peak)
+    if agent_rows and online_full and paper_sizes(hidden, batch, _MEMBERS.value):
+        print("\n" + pipeline_estimate(agent_rows[-1][1], online_full))
     if "seeds" in FLAGS.value:
         bench_seeds(hidden, batch, _MEMBERS.value, steps, reps)
     if "buffer" in FLAGS.value:
-        try:
-            from o2o_jax.replay import benchmark as replay_bench
-        except ImportError:
-            replay_bench = None
-        if replay_bench is not None:
-            r = replay_bench.time_buffer_ops(capacity=_BUFFER_SIZE.value, batch_size=batch)
-            print(f"\n## Prioritized buffer ({_BUFFER_SIZE.value} leaves, batch {batch})")
-            for k, v in r.items():
-                print(f"| {k} | {v} |")
+        from o2o_jax.replay import benchmark as replay_bench
+        r = replay_bench.time_buffer_ops(capacity=_BUFFER_SIZE.value, batch_size=batch)
+        print(f"\n## Prioritized buffer ({_BUFFER_SIZE.value} leaves, batch {batch})")
+        for k, v in r.items():
+            print(f"| {k} | {v} |")
 
 
 if __name__ == "__main__":
