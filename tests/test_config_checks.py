@@ -15,6 +15,15 @@ def test_shipped_configs_pass(variant):
     config_checks.check(hopper_medium.get_config(variant))
 
 
+@pytest.mark.parametrize("task", ["hopper_medium", "halfcheetah_medium", "walker2d_medium"])
+@pytest.mark.parametrize("variant", ["", "quick", "quick,sac_ft"])
+def test_every_task_config_passes_and_names_its_env(task, variant):
+    import importlib
+    c = importlib.import_module(f"configs.{task}").get_config(variant)
+    config_checks.check(c)
+    assert (c.env, c.dataset.kind) == tuple(task.split("_"))
+
+
 BAD = [
     ("env", "pong", "must be one of"),
     ("algo", "dqn", "must be one of"),

@@ -1,0 +1,13 @@
+"""halfcheetah-medium. Variants as in configs/hopper_medium.py (comma-separated, in order):
+(none) / paper, quick, or a method's paper settings (configs/algos.py), e.g.
+
+  python -m experiments.train --config=configs/halfcheetah_medium.py:quick,cql_ft
+"""
+from configs import base, variants
+
+
+def get_config(variant: str = ""):
+    c = base.get_config()
+    c.env = "halfcheetah"
+    c.dataset.kind = "medium"
+    return variants.apply(c, variant)
