@@ -7,11 +7,8 @@
 
 e.g. --config=configs/hopper_medium.py:quick,sac_ft
 """
-from configs import base, variants
+from configs import variants
 
 
 def get_config(variant: str = ""):
-    c = base.get_config()
-    c.env = "hopper"
-    c.dataset.kind = "medium"
-    return variants.apply(c, variant)
+    return variants.task("hopper", "medium", variant)

@@ -34,3 +34,12 @@ def apply(c, variant: str):
             raise ValueError(f"unknown config variant {part!r}; allowed: 'paper', 'quick', "
                              f"or a method: {sorted(algos.PRESETS)}")
     return c
+
+
+def task(env: str, kind: str, variant: str = ""):
+    """The base config for one env and dataset kind, with `variant` applied."""
+    from configs import base
+    c = base.get_config()
+    c.env = env
+    c.dataset.kind = kind
+    return apply(c, variant)

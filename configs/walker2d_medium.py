@@ -3,11 +3,8 @@
 
   python -m experiments.train --config=configs/walker2d_medium.py:quick,cql_ft
 """
-from configs import base, variants
+from configs import variants
 
 
 def get_config(variant: str = ""):
-    c = base.get_config()
-    c.env = "walker2d"
-    c.dataset.kind = "medium"
-    return variants.apply(c, variant)
+    return variants.task("walker2d", "medium", variant)
