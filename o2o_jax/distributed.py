@@ -16,6 +16,7 @@ the cluster (SLURM, Open MPI, Kubernetes, TPU pods).
 import contextlib
 import os
 import sys
+from typing import Callable
 
 import jax
 import numpy as np
@@ -85,6 +86,18 @@ def broadcast_str(text: str, max_bytes: int = 4096) -> str:
     buf = np.frombuffer(raw.ljust(max_bytes, b"\0"), np.uint8)
     out = np.asarray(multihost_utils.broadcast_one_to_all(buf))
     return bytes(out.astype(np.uint8)).rstrip(b"\0").decode()
+
+
+def agree(value_fn: Callable[[], str], what: str, fix: str) -> None:
+    """In a distributed run, stop unless every process sees the same `value_fn()` of
+    `what` (evaluated only then). Raised where it differs; the others stop with the run."""
+    if not multiprocess():
+        return
+    value = value_fn()
+    primary = broadcast_str(value)
+    if value != primary:
+        raise RuntimeError(f"process {jax.process_index()} sees {what} as {value!r}, process "
+                           f"0 as {primary!r}; {fix}")
 
 
 @contextlib.contextmanager

@@ -47,10 +47,10 @@ class MetricsCSV:
         row = {k: (v if isinstance(v, str) else to_scalar(v)) for k, v in row.items()}
         new_cols = [k for k in row if k not in self.columns]
         self.rows.append(row)
+        self.columns += new_cols
         if not self.writes:
-            self.columns += new_cols
-        elif new_cols or not os.path.exists(self.path):
-            self.columns += new_cols
+            return
+        if new_cols or not os.path.exists(self.path):
             tmp = self.path + ".tmp"
             with open(tmp, "w", newline="") as f:
                 w = csv.DictWriter(f, self.columns, restval="")

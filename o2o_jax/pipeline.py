@@ -171,16 +171,6 @@ def load_dataset(cfg, obs_dim: int, act_dim: int):
     return dataset
 
 
-def agree(value: str, what: str, fix: str) -> None:
-    """In a distributed run, stop unless every process sees the same `value` of `what`."""
-    if not distributed.multiprocess():
-        return
-    primary = distributed.broadcast_str(value)
-    if value != primary:   # raised where they differ; the others stop with the run
-        raise RuntimeError(f"process {jax.process_index()} sees {what} as {value!r}, process "
-                           f"0 as {primary!r}; {fix}")
-
-
 def device_arrays(dataset):
     return {k: jnp.asarray(dataset.arrays[k], jnp.float32) for k in offline.TRANSITION_KEYS}
 
@@ -467,8 +457,9 @@ def run(cfg) -> dict:
         ckpt = CheckpointManager(os.path.join(path, "checkpoints"), cfg.checkpoint.keep,
                                  comparable_config(cfg))
         latest = ckpt.latest() if os.path.isdir(path) else None
-        agree(latest["path"] if latest else "(none)", "the newest checkpoint of the run "
-              "directory", "the run directory must be on a filesystem every host shares")
+        distributed.agree(lambda: latest["path"] if latest else "(none)",
+                          "the newest checkpoint of the run directory",
+                          "the run directory must be on a filesystem every host shares")
         distributed.barrier("o2o_run_dir")     # all have looked before the primary writes
         run_dir = RunDir(path, cfg.to_json_best_effort(indent=2), tensorboard=cfg.tensorboard,
                          write=distributed.is_primary())
@@ -488,10 +479,11 @@ def _run(cfg, run_dir: RunDir, ckpt: CheckpointManager, latest, obs_dim: int, ac
     distributed.barrier("o2o_dataset")
     if dataset is None:
         dataset = load_dataset(cfg, obs_dim, act_dim)
-    obs = dataset.arrays["observations"]
-    agree(f"{dataset.num_transitions} {float(np.sum(obs, dtype=np.float64))!r}",
-          f"dataset {dataset.dataset_id}", "point MINARI_DATASETS_PATH of every host at "
-          "one shared folder (or copy the primary's dataset there)")
+    distributed.agree(
+        lambda: f"{dataset.num_transitions} "
+                f"{float(np.sum(dataset.arrays['observations'], dtype=np.float64))!r}",
+        f"dataset {dataset.dataset_id}", "point MINARI_DATASETS_PATH of every host at one "
+        "shared folder (or copy the primary's dataset there)")
     sharder = Sharder(cfg.num_seeds, cfg.shard_seeds, num_members=cfg.agent.num_members)
     ctx = Context(cfg, run_dir, ckpt, sharder, sharder.shared(device_arrays(dataset)),
                   obs_dim, act_dim)
