@@ -110,17 +110,47 @@ class TanhGaussianActor(nn.Module):
         return mean, log_std
 
 
+def uniform_range(lo: float, hi: float):
+    """An initializer drawing U(lo, hi)."""
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, lo, hi)
+    return init
+
+
+def rlkit_fanin_uniform(key, shape, dtype=jnp.float32):
+    """U(-1/sqrt(n), 1/sqrt(n)) with n the layer's *output* size, as rlkit's `fanin_init`.
+
+    rlkit reads the fan from dim 0 of the torch weight, which is [out, in]; for a flax
+    kernel [in, out] that is the last dim. (The authors' density-ratio net uses it.)
+    """
+    bound = 1.0 / jnp.sqrt(shape[-1])
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
 class DensityRatio(nn.Module):
-    """w(s, a) >= 0: MLP on concat(s, a), scalar head with bias initialised to 1, then ReLU."""
+    """w(s, a) >= 0: MLP on concat(s, a), scalar head, then ReLU.
+
+    Initialised as the authors' weight net (rlkit `ConcatMlp`, spec section 4): hidden
+    layers `rlkit_fanin_uniform` with zero bias; the output layer's weights
+    U(-init_w, init_w), init_w = 3e-3, and its bias 1, so that w is 1 everywhere up to
+    ~1e-2 at the start (flax's default output layer gave w in [0, 5.6], and many offline
+    points a dead ReLU within a few hundred updates).
+    """
     hidden_dims: Sequence[int]
     activation: str = "relu"
+    init_w: float = 3e-3
 
     @nn.compact
     def __call__(self, observations: jax.Array, actions: jax.Array) -> jax.Array:
         x = jnp.concatenate([observations, actions], axis=-1)
-        x = MLP(self.hidden_dims, self.activation)(x)
-        x = nn.Dense(1, bias_init=nn.initializers.constant(1.0))(x)[..., 0]
+        act = get_activation(self.activation)
+        for size in self.hidden_dims:
+            x = act(nn.Dense(size, kernel_init=rlkit_fanin_uniform)(x))
+        x = nn.Dense(1, kernel_init=uniform_range(-self.init_w, self.init_w),
+                     bias_init=nn.initializers.constant(1.0))(x)[..., 0]
         return nn.relu(x)
+
+
 
 
 class Temperature(nn.Module):

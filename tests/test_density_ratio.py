@@ -115,3 +115,26 @@ def test_trained_ratio_ranks_like_analytic_ratio():
     # The scale is learned too: on online points w is on average near the truth.
     on_slice = slice(1000, 2000)
     assert 0.5 < np.median(w[on_slice] / true_ratio[on_slice]) < 2.0
+
+
+def test_initial_ratio_is_one_everywhere_as_the_reference():
+    """The authors' weight net starts at w ~ 1 (output weights U(+-3e-3), bias 1); flax's
+    default output layer gave w in [0, 5.6] (mean 1.95) and dead ReLUs soon after."""
+    for seed, (obs_dim, act_dim) in enumerate([(17, 6), (11, 3)]):
+        state = dr.create_dr_state(jax.random.PRNGKey(seed), obs_dim, act_dim, (256, 256))
+        k1, k2 = jax.random.split(jax.random.PRNGKey(100 + seed))
+        obs = 3.0 * jax.random.normal(k1, (4096, obs_dim))
+        act = jax.random.uniform(k2, (4096, act_dim), minval=-1.0, maxval=1.0)
+        w = np.asarray(predict(state, obs, act))
+        assert abs(w.mean() - 1.0) < 0.02 and w.std() < 0.02, (w.mean(), w.std())
+        params = state.params
+        out = params["Dense_2"]
+        assert np.all(np.asarray(out["bias"]) == 1.0)
+        assert np.abs(np.asarray(out["kernel"])).max() <= 3e-3
+        # Hidden layers: rlkit's fanin_init bound 1/sqrt(torch weight dim 0 = out size),
+        # zero biases.
+        for name in ("Dense_0", "Dense_1"):
+            k = np.asarray(params[name]["kernel"])
+            bound = 1.0 / np.sqrt(k.shape[1])
+            assert np.abs(k).max() <= bound and np.abs(k).max() > 0.9 * bound
+            assert np.all(np.asarray(params[name]["bias"]) == 0.0)
