@@ -109,6 +109,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.online.reset_temperature = True   # (code): alpha = 1 at the start of fine-tuning
     c.online.init_temperature = 1.0
     c.online.fresh_optimizers = True    # (code): new Adam states for fine-tuning
+    # Learning rates of the online optimizers (code: policy_lr = alpha lr = qf_lr = 3e-4
+    # online, while offline CQL trains its actor and alpha at 1e-4).
+    c.online.actor_lr = 3e-4
+    c.online.critic_lr = 3e-4
+    c.online.temp_lr = 3e-4
     c.online.cql_weight = 0.0           # alpha_cql online; only algo cql_ft uses it (> 0)
     c.online.backup_entropy = True
     c.online.load_offline_from = ""     # members checkpoint dir: skip pretraining

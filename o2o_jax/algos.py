@@ -50,7 +50,8 @@ def _ac_to_online(members, cfg, backup_entropy=None):
     oc = cfg.online
     return ensemble.to_ensemble(
         members, reset_temperature=oc.reset_temperature, init_temperature=oc.init_temperature,
-        fresh_optimizers=oc.fresh_optimizers, cql_weight=float(oc.cql_weight),
+        fresh_optimizers=oc.fresh_optimizers, **ensemble.online_lrs(oc),
+        cql_weight=float(oc.cql_weight),
         backup_entropy=bool(oc.backup_entropy if backup_entropy is None else backup_entropy),
         bc_steps=0)
 

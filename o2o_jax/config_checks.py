@@ -125,7 +125,8 @@ def check_online(cfg):
     one_of(cfg, "online.replay", ("balanced", "uniform", "online_only"))
     in_range(cfg, "online.init_online_fraction", 0.0, 1.0, lo_open=True, hi_open=True)
     positive_float(cfg, "online.priority_temperature")
-    positive_float(cfg, "online.dr_lr")
+    for f in ("dr_lr", "actor_lr", "critic_lr", "temp_lr"):
+        positive_float(cfg, f"online.{f}")
 
 
 def check_distributed(cfg):

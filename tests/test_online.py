@@ -125,3 +125,39 @@ def test_to_ensemble_resets_temperature_and_optimizers():
     assert int(state.agent.actor.step) == 0 and state.agent.members == 3
     mu = jax.tree_util.tree_leaves(state.agent.critic.opt_state)
     assert all(float(jnp.abs(x).sum()) == 0 for x in mu if x.ndim > 0)
+
+
+def first_adam_step(state, value=1.0):
+    """|parameter change| of one Adam step on a constant gradient: the learning rate
+    (Adam's first step is lr * g / (|g| + eps))."""
+    grads = jax.tree_util.tree_map(lambda x: jnp.full_like(x, value), state.params)
+    new = state.apply_gradients(grads=grads)
+    deltas = [np.abs(np.asarray(a) - np.asarray(b)) for a, b in
+              zip(jax.tree_util.tree_leaves(new.params), jax.tree_util.tree_leaves(state.params))]
+    return np.concatenate([d.ravel() for d in deltas])
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+def test_online_optimizers_use_the_online_learning_rates(fresh):
+    """Reference: policy lr = alpha lr = 3e-4 online, while offline CQL used 1e-4."""
+    from o2o_jax import algos
+    cfg = base.get_config()
+    cfg.agent.hidden_dims = (16, 16)
+    cfg.online.fresh_optimizers = fresh
+    cfg.online.critic_lr = 2e-4     # a value of its own, to tell the three apart
+    assert cfg.agent.actor_lr == 1e-4 and cfg.agent.temp_lr == 1e-4
+    members = ensemble.create_members(jax.random.PRNGKey(0), OBS, ACT, cfg.agent, 3)
+    np.testing.assert_allclose(first_adam_step(ensemble.member(members, 0).actor), 1e-4,
+                               rtol=1e-3)
+    via_algo = algos.get(cfg).to_online(members, cfg)
+    via_init = online.init_state(members, offline_data(), jax.random.PRNGKey(1), cfg.online,
+                                 OBS, ACT).agent
+    for agent in (via_algo, via_init):
+        for train_state, lr in ((agent.actor, 3e-4), (agent.critic, 2e-4),
+                                (agent.temp, 3e-4)):
+            step = first_adam_step(train_state)
+            if not fresh and train_state is not agent.temp:
+                # Kept Adam moments (all zero for never-trained members): still lr-sized.
+                np.testing.assert_allclose(step.max(), lr, rtol=1e-3)
+            else:
+                np.testing.assert_allclose(step, lr, rtol=1e-3)

@@ -5,11 +5,14 @@ axis (`create_members`) and updated with `jax.vmap`. Online, the same stacked pa
 become one ensemble agent (`to_ensemble`) that acts through the moment-matched policy of
 paper eq. 5 and bootstraps each member from its own target pair.
 """
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
 from flax.training.train_state import TrainState
 
 from o2o_jax import distributions as dist
+from o2o_jax import optim
 from o2o_jax.agents import actor_critic as ac
 from o2o_jax.agents.actor_critic import ActorCritic
 
@@ -34,42 +37,60 @@ def member(members: ActorCritic, i: int) -> ActorCritic:
     return jax.tree_util.tree_map(lambda x: x[i], members)
 
 
-def _fresh(state: TrainState, params) -> TrainState:
-    return TrainState.create(apply_fn=state.apply_fn, params=params, tx=state.tx)
+def _fresh(state: TrainState, params, lr: Optional[float] = None) -> TrainState:
+    tx = state.tx if lr is None else optim.adam(lr)
+    return TrainState.create(apply_fn=state.apply_fn, params=params, tx=tx)
+
+
+def _with_lr(state: TrainState, lr: Optional[float]) -> TrainState:
+    # Adam's state does not depend on its learning rate: the moments carry over as they are.
+    return state if lr is None else state.replace(tx=optim.adam(lr))
 
 
 def to_ensemble(members: ActorCritic, *, reset_temperature: bool = True,
                 init_temperature: float = 1.0, fresh_optimizers: bool = True,
-                **hparams) -> ActorCritic:
+                actor_lr: Optional[float] = None, critic_lr: Optional[float] = None,
+                temp_lr: Optional[float] = None, **hparams) -> ActorCritic:
     """One ensemble agent from N stacked offline members (spec sections 2-3).
 
     Parameters (actors, critics, target critics) are kept. By default (the reference
     behaviour) optimizer states are fresh and a single temperature starts at
-    `init_temperature` (log alpha = 0). `hparams` overrides static fields for the online
-    phase, e.g. `cql_weight=0.0` (SAC-ft rule), `backup_entropy=True`, `bc_steps=0`.
+    `init_temperature` (log alpha = 0). `actor_lr` / `critic_lr` / `temp_lr` set the
+    online optimizers' learning rates (None: the members' own). `hparams` overrides static
+    fields for the online phase, e.g. `cql_weight=0.0` (SAC-ft rule),
+    `backup_entropy=True`, `bc_steps=0`.
     """
     n = num_stacked(members)
     first = member(members, 0)
     temp = first.temp
     if reset_temperature:
         log_value = jnp.full((), jnp.log(init_temperature), jnp.float32)
-        temp = _fresh(temp, {"log_value": log_value})
+        temp = _fresh(temp, {"log_value": log_value}, temp_lr)
     else:
         # No shared alpha exists offline; start from the members' mean log alpha.
-        temp = _fresh(temp, {"log_value": jnp.mean(members.temp.params["log_value"])})
+        temp = _fresh(temp, {"log_value": jnp.mean(members.temp.params["log_value"])},
+                      temp_lr)
     actor, critic = members.actor, members.critic
     if fresh_optimizers:
-        actor = _fresh(actor, actor.params)
-        critic = _fresh(critic, critic.params)
+        actor = _fresh(actor, actor.params, actor_lr)
+        critic = _fresh(critic, critic.params, critic_lr)
     else:
         # Keep each member's Adam moments (elementwise, so they stay stacked); the step
         # counters (TrainState.step, Adam's count) are per member: take member 0's, as
         # one optimizer now steps all members together.
-        actor, critic = _first_counters(actor), _first_counters(critic)
+        actor = _with_lr(_first_counters(actor), actor_lr)
+        critic = _with_lr(_first_counters(critic), critic_lr)
     agent = first.replace(actor=actor, critic=critic,
                           target_critic_params=members.target_critic_params,
                           temp=temp, members=n)
     return agent.replace(**hparams) if hparams else agent
+
+
+def online_lrs(online_cfg) -> dict:
+    """The online learning-rate arguments of `to_ensemble` from a config's `online`
+    section (fields missing from configs written before them: the members' own)."""
+    return {k: (float(online_cfg[k]) if k in online_cfg else None)
+            for k in ("actor_lr", "critic_lr", "temp_lr")}
 
 
 def _first_counters(train_state):
