@@ -21,8 +21,12 @@ setup(
         "matplotlib",          # experiments.plot: learning curves to PNG
     ],
     extras_require={
+        # torch (CPU build) checks the rlkit importer against torch modules.
         "test": ["pytest", "pytest-xdist", "scipy", "nbclient", "nbformat", "ipykernel",
-                 "tensorboard"],
+                 "tensorboard", "torch==2.13.0"],
+        # Only for experiments.import_members: reading the Off2OnRL authors' .pt members.
+        # Pinned: the CPU build; an unpinned torch pulls the multi-GB CUDA build.
+        "reference": ["torch==2.13.0"],
         # Only for --config.tensorboard=True (and to view the event files).
         "tensorboard": ["tensorboard"],
     },

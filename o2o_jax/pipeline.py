@@ -228,6 +228,22 @@ def members_meta(cfg, obs_dim: int, act_dim: int) -> dict:
             "actor_layer_norm": a.actor_layer_norm, "critic_layer_norm": a.critic_layer_norm}
 
 
+def load_members(cfg, template, obs_dim: int, act_dim: int):
+    """The members checkpoint at `online.load_offline_from`, shaped like `template` [S, N, ...].
+
+    A checkpoint of one seed's members (e.g. imported by experiments.import_members) is
+    given to every one of the S seeds: S online runs from the same members."""
+    path = cfg.online.load_offline_from
+    expect = members_meta(cfg, obs_dim, act_dim)
+    saved = checkpoints.read_meta(path).get("num_seeds")
+    if saved == 1 and cfg.num_seeds > 1:
+        one = checkpoints.restore(path, jax.tree_util.tree_map(lambda x: x[:1], template),
+                                  expect={**expect, "num_seeds": 1})
+        print(f"the members of {path} are shared by all {cfg.num_seeds} seeds")
+        return jax.tree_util.tree_map(lambda x: jnp.repeat(x, cfg.num_seeds, axis=0), one)
+    return checkpoints.restore(path, template, expect=expect)
+
+
 # ----------------------------------------------------------------------------- phases
 
 @dataclasses.dataclass
@@ -500,9 +516,7 @@ def _run(cfg, run_dir: RunDir, ckpt: CheckpointManager, latest, obs_dim: int, ac
     if phase == "online":
         pass   # members are inside the online checkpoint
     elif cfg.online.load_offline_from:
-        members = sharder.seeds(checkpoints.restore(
-            cfg.online.load_offline_from, members,
-            expect=members_meta(cfg, obs_dim, act_dim)))
+        members = sharder.seeds(load_members(cfg, members, obs_dim, act_dim))
         print(f"loaded offline members from {cfg.online.load_offline_from}; skipping "
               "pretraining")
     else:
