@@ -22,17 +22,41 @@ def quick(c):
     return c
 
 
+def reference(c):
+    """The online settings of the authors' halfcheetah-medium demo and its public rerun
+    (rlkit/examples/ours.py with --policy_lr 3e-4 --first_epoch_multiplier 5
+    --init_online_fraction 0.75; shared/reference/README.md): N = 5, 2 x 256, first epoch
+    5000 updates, then 1000 env steps + 1000 updates per epoch, 250 epochs, online lrs
+    3e-4, 5 evaluation episodes per epoch (their 5000 evaluation steps). Fine-tunes the
+    authors' members imported by experiments.import_members: set
+    --config.online.load_offline_from=<that folder>."""
+    c.agent.num_members = 5
+    c.agent.hidden_dims = (256, 256)
+    c.online.epochs = 250
+    c.online.env_steps_per_epoch = 1_000
+    c.online.updates_per_epoch = 1_000
+    c.online.first_epoch_multiplier = 5
+    c.online.init_online_fraction = 0.75
+    c.online.actor_lr = c.online.critic_lr = c.online.temp_lr = 3e-4
+    c.online.eval_episodes = 5
+    c.online.dr_hidden_dims = (256, 256)
+    c.checkpoint.every_online_epochs = 5
+    return c
+
+
 def apply(c, variant: str):
     for part in [p.strip() for p in variant.split(",") if p.strip()]:
         if part == "paper":
             continue
         if part == "quick":
             quick(c)
+        elif part == "reference":
+            reference(c)
         elif part in algos.PRESETS:
             algos.apply(c, part)
         else:
             raise ValueError(f"unknown config variant {part!r}; allowed: 'paper', 'quick', "
-                             f"or a method: {sorted(algos.PRESETS)}")
+                             f"'reference', or a method: {sorted(algos.PRESETS)}")
     return c
 
 

@@ -39,6 +39,12 @@ _BATCH = flags.DEFINE_integer("batch_size", 256, "SAC minibatch size.")
 _EVAL_EVERY = flags.DEFINE_integer("eval_every", 10_000, "Env steps between evaluations.")
 _EVAL_EPISODES = flags.DEFINE_integer("eval_episodes", 5, "Episodes per evaluation.")
 _NUM_ENVS = flags.DEFINE_integer("num_envs", 8, "Envs side by side in rollouts.")
+_MEMBERS = flags.DEFINE_string("members", None, "Roll out the stochastic ensemble policy of "
+                               "this members checkpoint (e.g. from "
+                               "experiments.import_members) instead of a recipe kind; needs "
+                               "--dataset_id.")
+_DATASET_ID = flags.DEFINE_string("dataset_id", None, "Id of the --members dataset, e.g. "
+                                  "o2o/halfcheetah/authors-members-v0.")
 _TABLE = flags.DEFINE_boolean("table", False, "Print a markdown table of the local o2o "
                               "datasets and exit.")
 
@@ -68,6 +74,32 @@ def local_ids():
     return out
 
 
+def load_members(env_name: str, members_dir: str):
+    """The [N, ...] members of one seed of a members checkpoint, and where they came from."""
+    import jax
+    import jax.numpy as jnp
+    from configs import variants
+    from o2o_jax import checkpoints
+    from o2o_jax.agents import ensemble
+    meta = checkpoints.read_meta(members_dir)
+    obs_dim, act_dim = envs.env_dims(env_name)
+    if (meta.get("env"), meta.get("obs_dim"), meta.get("act_dim")) != (env_name, obs_dim,
+                                                                          act_dim):
+        raise app.UsageError(f"members {members_dir!r} are for env {meta.get('env')!r}, not "
+                             f"{env_name!r}; pass the --env they act in")
+    a = variants.task(env_name, "medium", "").agent
+    a.num_members, a.hidden_dims = int(meta["num_members"]), tuple(meta["hidden_dims"])
+    a.activation = meta["activation"]
+    a.actor_layer_norm, a.critic_layer_norm = meta["actor_layer_norm"], meta["critic_layer_norm"]
+    template = ensemble.create_members(jax.random.PRNGKey(0), obs_dim, act_dim, a,
+                                       a.num_members)
+    template = jax.tree_util.tree_map(lambda x: jnp.repeat(x[None], meta["num_seeds"], 0),
+                                      template)
+    members = jax.tree_util.tree_map(lambda x: x[0], checkpoints.restore(members_dir, template))
+    return members, {"members": members_dir, "num_members": a.num_members,
+                     "imported": meta.get("imported")}
+
+
 def main(argv):
     del argv
     if _TABLE.value:
@@ -81,6 +113,17 @@ def main(argv):
         hidden_dims=tuple(int(h) for h in _HIDDEN.value), batch_size=_BATCH.value,
         start_steps=_START.value, eval_every=_EVAL_EVERY.value,
         eval_episodes=_EVAL_EPISODES.value, num_envs=_NUM_ENVS.value)
+    if _MEMBERS.value:
+        if not _DATASET_ID.value:
+            raise app.UsageError("--members needs --dataset_id (the id to write)")
+        members, info = load_members(_ENV.value, _MEMBERS.value)
+        dataset_id = recipes.build_from_members(_ENV.value, members, _DATASET_ID.value,
+                                                budget, info=info, force=_FORCE.value)
+        ds = loader.load(dataset_id, _ENV.value)
+        print(f"[{dataset_id}] loads: {ds.num_transitions:,} transitions")
+        print(TABLE_HEADER)
+        print(table_row(dataset_id))
+        return
     # medium-replay before medium: one SAC run gives both (and a forced rebuild of
     # medium-replay retrains, so medium must come after it to share its policy).
     kinds = ([k for k in ("random", "medium-replay", "medium", "expert", "medium-expert")]

@@ -210,21 +210,23 @@ def _returns_summary(env_name: str, episodes: List[Dict[str, Any]]) -> Dict[str,
 
 def write(env_name: str, kind: str, episodes: List[Dict[str, Any]], b: Budget, *,
           started: float, force: bool, log: Callable[[str], None],
-          policy: Optional[Dict[str, Any]] = None, extra: Optional[Dict[str, Any]] = None
-          ) -> str:
-    """Write `episodes` as `o2o/<env>/<kind>-v0` with the recipe's metadata."""
-    dataset_id = default_id(env_name, kind)
+          policy: Optional[Dict[str, Any]] = None, extra: Optional[Dict[str, Any]] = None,
+          dataset_id: Optional[str] = None, recipe: Optional[str] = None) -> str:
+    """Write `episodes` as `o2o/<env>/<kind>-v0` (or `dataset_id`) with the recipe's
+    metadata (`recipe`: the description of a kind outside RECIPES)."""
+    dataset_id = dataset_id or default_id(env_name, kind)
+    recipe = recipe or RECIPES[kind]
     info = envs.env_info(env_name)
     metadata = {
         "algorithm_name": f"o2o_jax D4RL-style recipe: {kind}",
         "author": {"o2o_jax"},
         "code_permalink": "o2o_jax/data/recipes.py",
-        "description": f"{env_name} {kind}: {RECIPES[kind]}.",
+        "description": f"{env_name} {kind}: {recipe}.",
         "ref_min_score": info.random_score,
         "ref_max_score": info.expert_score,
         "o2o_env": env_name,
         "o2o_kind": kind,
-        "o2o_recipe": RECIPES[kind],
+        "o2o_recipe": recipe,
         "o2o_differences_from_d4rl": DIFFERENCES_FROM_D4RL,
         "o2o_reference": {"random": info.random_score, "expert": info.expert_score,
                           "source": REFERENCE_SOURCE, "gym_id": info.gym_id},
@@ -419,3 +421,39 @@ def build(env_name: str, kind: str, budget: Optional[Budget] = None, *, force: b
     if kind == "medium-expert":
         return _build_medium_expert(env_name, b, force, log)
     return _build_rollout(env_name, kind, b, force, log)
+
+
+def build_from_members(env_name: str, members, dataset_id: str, b: Budget, *,
+                       info: Dict[str, Any], force: bool = False,
+                       log: Optional[Callable[[str], None]] = None) -> str:
+    """Roll out the stochastic moment-matched ensemble policy of stacked `members` [N, ...]
+    (e.g. imported by experiments.import_members) as the dataset `dataset_id`:
+    `b.transitions` transitions in `b.num_envs` envs; `info` (where the members came
+    from) goes into the metadata. The closest we can get to the data such members were
+    trained on when that data cannot be had."""
+    import jax
+    import jax.numpy as jnp
+    from o2o_jax.agents import ensemble
+    log = log or print
+    if store.exists_locally(dataset_id) and not force:
+        log(f"[{dataset_id}] exists; keeping it (use --force to rebuild)")
+        return dataset_id
+    started = time.time()
+    sample = jax.jit(ensemble.members_policy_ensemble)
+    key = [jax.random.PRNGKey(b.seed + 1)]
+
+    def policy(obs):
+        key[0], k = jax.random.split(key[0])
+        return np.asarray(sample(members, jnp.asarray(obs, jnp.float32), k))
+
+    log(f"[{dataset_id}] rolling out the stochastic ensemble policy of "
+        f"{ensemble.num_stacked(members)} members: {b.transitions:,} transitions in "
+        f"{b.num_envs} envs")
+    episodes = behavior.rollout(env_name, policy, b.transitions, seed=b.seed + 1000,
+                                num_envs=b.num_envs, label=f"{dataset_id} rollout", log=log)
+    return write(env_name, "members", episodes, b, started=started, force=force, log=log,
+                 policy={"role": "members' stochastic ensemble policy",
+                         "rollout": "stochastic", **info},
+                 dataset_id=dataset_id,
+                 recipe="the stochastic moment-matched ensemble policy of a members "
+                        "checkpoint, rolled out")
