@@ -81,16 +81,28 @@ def online_step(state: OnlineState, offline_data, key: jax.Array, cfg: StepConfi
         replay = buffers.set_priorities(replay, idx, priorities)
         info.update(dr_info)
         info["priority_mean"] = jnp.mean(priorities)
+        info["w_rl"] = jnp.mean(w_rl)     # mean ratio of the RL batch
     return OnlineState(agent=agent, dr=dr_state, replay=replay), info
 
 
+# Also reported for the first step of each call, as `<key>_first_batch`: the authors' rlkit
+# logs its trainer statistics from the first batch of each epoch, so these columns are the
+# like-for-like comparison with their progress.csv.
+FIRST_BATCH_KEYS = ("q1_data", "q_data", "q_target", "alpha", "w_offline", "w_online", "w_rl",
+                    "offline_fraction")
+FIRST_BATCH_SUFFIX = "_first_batch"
+
+
 def train_epoch(state: OnlineState, offline_data, key, num_steps: int, cfg: StepConfig):
-    """`num_steps` fused steps (lax.scan); info averaged over the steps."""
+    """`num_steps` fused steps (lax.scan); info averaged over the steps, plus the first
+    step's values of FIRST_BATCH_KEYS."""
     def body(s, k):
         return online_step(s, offline_data, k, cfg)
 
     state, infos = jax.lax.scan(body, state, jax.random.split(key, num_steps))
-    return state, jax.tree_util.tree_map(lambda x: jnp.mean(x, axis=0), infos)
+    out = jax.tree_util.tree_map(lambda x: jnp.mean(x, axis=0), infos)
+    out.update({k + FIRST_BATCH_SUFFIX: infos[k][0] for k in FIRST_BATCH_KEYS if k in infos})
+    return state, out
 
 
 @functools.lru_cache(maxsize=None)

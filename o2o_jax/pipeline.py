@@ -431,7 +431,8 @@ def finetune(ctx: Context, state, key, start_epoch: int = 0, resume_meta=None,
             state, info = train(state, ctx.data, k)
             infos.append(info)
         info = distributed.to_host_tree(
-            jax.tree_util.tree_map(lambda *x: sum(x) / len(x), *infos))
+            {k: (infos[0][k] if k.endswith(online.FIRST_BATCH_SUFFIX)   # the epoch's first
+                 else sum(i[k] for i in infos) / len(infos)) for k in infos[0]})
         extra.update({"q_auroc": auroc,
                       "train_episode_return": [np.mean(r) if r else "" for r in recent]})
         for row in per_seed_rows(base, info, ctx.seeds, extra):

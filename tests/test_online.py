@@ -99,12 +99,30 @@ def test_scanned_epoch_equals_repeated_steps():
     cfg = online.StepConfig(batch_size=16, dr_batch_size=16)
     key = jax.random.PRNGKey(11)
     copy = lambda t: jax.tree_util.tree_map(jnp.copy, t)
-    scanned, _ = online.make_train_epoch(3, cfg)(copy(state), data, key)
+    scanned, info = online.make_train_epoch(3, cfg)(copy(state), data, key)
     step = jax.jit(lambda s, k: online.online_step(s, data, k, cfg))
     s = state
+    step_infos = []
     for k in jax.random.split(key, 3):
-        s, _ = step(s, k)
+        s, i = step(s, k)
+        step_infos.append(i)
     leaves_close(scanned, s, rtol=2e-5, atol=2e-6)
+    # Epoch means, and the first step's values as <key>_first_batch (rlkit's statistics).
+    for k in ("critic_loss", "w_rl", "offline_fraction"):
+        np.testing.assert_allclose(float(info[k]), np.mean([float(i[k]) for i in step_infos]),
+                                   rtol=1e-5)
+    for k in online.FIRST_BATCH_KEYS:
+        np.testing.assert_allclose(float(info[k + "_first_batch"]), float(step_infos[0][k]),
+                                   rtol=1e-5)
+
+    # q1_data: the first twin of every member on the RL batch, at the pre-update critics.
+    k_rl, _, _, _ = jax.random.split(jax.random.split(key, 3)[0], 4)
+    batch, _ = buffers.sample(state.replay, data, k_rl, 16)
+    from o2o_jax.agents import actor_critic as ac
+    q = np.asarray(ac.q_values(state.agent, state.agent.critic.params, batch["observations"],
+                               batch["actions"]))                       # [N, 2, B]
+    np.testing.assert_allclose(float(step_infos[0]["q1_data"]), q[:, 0].mean(), rtol=1e-5)
+    np.testing.assert_allclose(float(step_infos[0]["q_data"]), q.mean(), rtol=1e-5)
 
 
 def test_q_auroc_is_mann_whitney():

@@ -46,7 +46,9 @@ def critic_loss(critic_params, agent: ActorCritic, batch, key: jax.Array,
     q = ac.q_values(agent, critic_params, batch["observations"], batch["actions"])
     y_b = jnp.expand_dims(y, ac.twin_axis(agent))
     td_loss = jnp.sum(jnp.mean((q - y_b) ** 2, axis=-1))
-    info = {"critic_loss": td_loss, "q_data": jnp.mean(q), "q_target": jnp.mean(y)}
+    info = {"critic_loss": td_loss, "q_data": jnp.mean(q), "q_target": jnp.mean(y),
+            # the first twin alone (all members): rlkit's "Q1 Predictions Mean"
+            "q1_data": jnp.mean(jnp.take(q, 0, axis=ac.twin_axis(agent)))}
     loss = td_loss
     if penalty_fn is not None:
         penalty, penalty_info = penalty_fn(agent, critic_params, batch, k_penalty, q)
