@@ -74,7 +74,7 @@ def test_update_moves_only_critic_and_target(agent):
                               leaves(agent.target_critic_params), leaves(new.critic.params)):
         np.testing.assert_allclose(tgt, (1 - agent.tau) * old + agent.tau * crit,
                                    rtol=1e-5, atol=1e-7)
-    assert set(info) == {"critic_loss", "q_data", "q_target"}
+    assert set(info) == {"critic_loss", "q_data", "q_target", "q1_data"}
 
 
 def test_reset_critics_single_stacked_and_ensemble():
