@@ -286,4 +286,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from experiments import cli
+    cli.run(main, "bench")

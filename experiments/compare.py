@@ -26,8 +26,11 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 import numpy as np  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/hopper_medium.py:quick",
-                                          "base experiment config", lock_config=False)
+from experiments import cli  # noqa: E402
+
+with cli.flag_definitions("compare"):   # the default file is parsed here, with overrides
+    _CONFIG = config_flags.DEFINE_config_file("config", "configs/hopper_medium.py:quick",
+                                              "base experiment config", lock_config=False)
 _METHODS = flags.DEFINE_list("methods", ["off2on", "sac_ft", "cql_ft", "awac", "bcq_ft",
                                          "sac"], "methods to compare (configs/algos.py)")
 _SEEDS = flags.DEFINE_integer("seeds", 3, "seeds per method (vmapped in one program)")
@@ -139,4 +142,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, "compare")

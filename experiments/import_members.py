@@ -100,4 +100,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from experiments import cli
+    cli.run(main, "import_members")

@@ -144,4 +144,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from experiments import cli
+    cli.run(main, "make_dataset")

@@ -31,7 +31,7 @@ METRIC_LABELS = {
     "normalized_score": "normalised score",
     "eval_return": "evaluation return",
     "offline_fraction": "offline fraction of RL batches",
-    "q_auroc": "AUROC of Q_ens (online vs offline)",
+    "q_auroc": "AUROC of Q_ens (taken vs uniform actions)",
     "w_offline": "mean density-ratio weight, offline",
     "w_online": "mean density-ratio weight, online",
 }
@@ -96,7 +96,10 @@ def draw_curves(ax, curves: Sequence[Curve], band: str = "ci", confidence: float
         ax.legend(fontsize="small")
 
 
-def band_description(band: str, confidence: float) -> str:
+def band_description(band: str, confidence: float, max_seeds: int = 2) -> str:
+    """The title's account of the shaded band; with one seed per curve there is none."""
+    if max_seeds < 2:
+        return "one seed per curve: no band"
     return {"ci": f"mean over seeds, {100 * confidence:g}% bootstrap CI",
             "minmax": "mean over seeds, min-max", "none": "mean over seeds"}[band]
 
@@ -106,8 +109,9 @@ def _figure(curves: List[Curve], path: str, band: str, confidence: float, xlabel
     from matplotlib.figure import Figure   # no pyplot: no global backend/state changes
     fig = Figure(figsize=(6.4, 4.2), layout="constrained")
     ax = fig.add_subplot()
+    max_seeds = max(np.atleast_2d(ys).shape[0] for _, _, ys in curves)
     draw_curves(ax, curves, band, confidence, xlabel=xlabel, ylabel=metric_label(metric),
-                title=f"{title}\n({band_description(band, confidence)})")
+                title=f"{title}\n({band_description(band, confidence, max_seeds)})")
     if metric == "q_auroc":
         ax.axhline(0.5, color="gray", linestyle=":", linewidth=1)
     if metric == "offline_fraction":
@@ -162,6 +166,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--analysis", default=",".join(DEFAULT_ANALYSIS),
                    help="comma-separated analysis metrics, one PNG each ('' for none)")
     p.add_argument("--dpi", type=int, default=120)
+    p.add_argument("--verbose", action="store_true", help="on an error, also print the "
+                   "traceback")
     return p.parse_args(argv)
 
 
@@ -188,4 +194,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from experiments import cli
+    cli.run_argparse(main, "plot")

@@ -110,6 +110,8 @@ def main(argv=None):
                    help="a run's label (repeat, one per run, in order)")
     p.add_argument("--env", default="halfcheetah")
     p.add_argument("--out", default="plots")
+    p.add_argument("--verbose", action="store_true", help="on an error, also print the "
+                   "traceback")
     args = p.parse_args(argv)
     try:
         ref = read_reference(args.reference)
@@ -209,4 +211,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from experiments import cli
+    cli.run_argparse(main, "reference_curve")

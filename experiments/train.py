@@ -23,4 +23,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from experiments import cli
+    cli.run(main, "train")

@@ -25,6 +25,10 @@ class CheckpointError(RuntimeError):
     pass
 
 
+class CheckpointSaveError(CheckpointError):
+    """A checkpoint could not be written (disk full, folder not writable, ...)."""
+
+
 def save(path: str, tree: Any, meta: Dict, extra_files: Optional[Dict[str, bytes]] = None
          ) -> None:
     """Write arrays, then `extra_files` (name -> bytes), then meta.json last: a folder
@@ -40,18 +44,25 @@ def save(path: str, tree: Any, meta: Dict, extra_files: Optional[Dict[str, bytes
             os.remove(meta_path)       # the old meta must not vouch for new arrays
     distributed.barrier("o2o_checkpoint_begin")
     state_path = os.path.join(path, "state")
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(state_path, tree, force=True)
-    checkpointer.wait_until_finished()
-    if primary:
-        for name, data in (extra_files or {}).items():
-            with open(os.path.join(path, name + ".tmp"), "wb") as f:
-                f.write(data)
-            os.replace(os.path.join(path, name + ".tmp"), os.path.join(path, name))
-        tmp = meta_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(meta, f, indent=2, default=str)
-        os.replace(tmp, meta_path)
+    try:
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(state_path, tree, force=True)
+        checkpointer.wait_until_finished()
+        if primary:
+            for name, data in (extra_files or {}).items():
+                with open(os.path.join(path, name + ".tmp"), "wb") as f:
+                    f.write(data)
+                os.replace(os.path.join(path, name + ".tmp"), os.path.join(path, name))
+            tmp = meta_path + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(meta, f, indent=2, default=str)
+            os.replace(tmp, meta_path)
+    except Exception as e:  # orbax wraps OSErrors in many types
+        raise CheckpointSaveError(
+            f"could not write the checkpoint {path} ({type(e).__name__}: "
+            f"{' '.join(str(e).split())[:120]}): the disk may be full or the folder not "
+            "writable. Free space (or fix the folder) and run the same command again: the "
+            "unfinished checkpoint is ignored and the run resumes from the one before") from e
     distributed.barrier("o2o_checkpoint_end")
 
 
@@ -121,9 +132,10 @@ def restore(path: str, template: Any, expect: Optional[Dict] = None) -> Any:
         restored = ocp.StandardCheckpointer().restore(state_path, abstract)
     except Exception as e:  # orbax raises many types for corrupt/mismatched files
         raise CheckpointError(
-            f"checkpoint {path!r} could not be restored ({type(e).__name__}: "
-            f"{str(e)[:300]}); it is corrupt or from a different config — delete it or "
-            "point the config at another checkpoint") from e
+            f"checkpoint {path!r} could not be restored ({type(e).__name__}): it is corrupt "
+            "or from a different config or version. Delete it (a run then resumes from the "
+            "checkpoint before) or point the config at another checkpoint; --verbose shows "
+            "the reader's own message") from e
     leaves = jax.tree_util.tree_leaves(restored)
     if multiprocess:
         # Arrays spread over several hosts go back to their sharding; process-local ones

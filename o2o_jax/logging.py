@@ -1,13 +1,53 @@
 """Run directories (resolved config, metrics CSV, summary) and progress lines with ETA."""
 import csv
+import fcntl
 import json
 import os
 import shutil
+import socket
 import sys
 import time
 from typing import Callable, Dict, Optional
 
 import numpy as np
+
+from o2o_jax import finite
+
+
+class RunDirLockedError(RuntimeError):
+    """Another live process holds the run directory."""
+
+
+class RunDirLock:
+    """An exclusive OS lock (flock) on <run>/.lock, held while a process writes the run
+    directory; the OS releases it when the process dies, so a killed run never leaves a
+    stale lock. The file names the holder (PID and host) for the refusal message."""
+
+    def __init__(self, path: str):
+        self.path = os.path.join(path, ".lock")
+        self.fd = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunDirLockedError(
+                f"run directory {os.path.dirname(self.path)} is in use by another process "
+                f"({holder}); wait for it to finish or stop it, or give this run another "
+                "--config.run_name") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()}".encode())
+        os.fsync(fd)
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
 
 
 def to_scalar(value):
@@ -183,16 +223,28 @@ class RunDir:
 
     def __init__(self, path: str, config_json: Optional[str] = None,
                  tensorboard: bool = False, write: bool = True):
+        """A writer first takes the directory's lock (RunDirLockedError if another live
+        process holds it); `close` releases it."""
         self.path, self.writes = path, write
+        self.lock = None
         if write:
             os.makedirs(path, exist_ok=True)
-        if config_json is not None and write:
-            with open(os.path.join(path, "config.json"), "w") as f:
-                f.write(config_json)
+            self.lock = RunDirLock(path)
+            self.lock.acquire()
+        if config_json is not None:
+            self.write_config(config_json)
         self.metrics = MetricsCSV(os.path.join(path, "metrics.csv"), write=write)
         self.tensorboard = (TensorBoard(os.path.join(path, "tensorboard"))
                             if tensorboard and write else None)
         self.start = time.time()
+
+    def write_config(self, config_json: str):
+        if not self.writes:
+            return
+        tmp = os.path.join(self.path, "config.json.tmp")
+        with open(tmp, "w") as f:
+            f.write(config_json)
+        os.replace(tmp, os.path.join(self.path, "config.json"))
 
     def truncate(self, num_rows: int):
         """Keep the first `num_rows` metrics rows (a resume drops what was logged after its
@@ -220,17 +272,24 @@ class RunDir:
         if self.tensorboard is not None:
             self.tensorboard.flush()
 
-    def close(self):
-        """Flush and close the TensorBoard writers (safe to call more than once)."""
+    def close_tensorboard(self):
         if self.tensorboard is not None:
             self.tensorboard.close()
             self.tensorboard = None
 
+    def close(self):
+        """Flush and close the TensorBoard writers and release the directory's lock (safe
+        to call more than once)."""
+        self.close_tensorboard()
+        if self.lock is not None:
+            self.lock.release()
+
     def write_summary(self, summary: Dict):
-        self.close()
+        """summary.json, strict JSON: NaN/inf are written as null."""
+        self.close_tensorboard()
         if not self.writes:
             return
         tmp = os.path.join(self.path, "summary.json.tmp")
         with open(tmp, "w") as f:
-            json.dump(summary, f, indent=2, default=float)
+            json.dump(finite.json_safe(summary), f, indent=2, default=float, allow_nan=False)
         os.replace(tmp, os.path.join(self.path, "summary.json"))

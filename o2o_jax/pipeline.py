@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from o2o_jax import algos, checkpoints, config_checks, distributed, envs, offline, online, stats
+from o2o_jax import (algos, checkpoints, config_checks, distributed, envs, finite, offline,
+                     online, stats)
 from o2o_jax.agents import fqe
 from o2o_jax.logging import Progress, RunDir, to_scalar
 from o2o_jax.replay import buffers
@@ -228,20 +229,41 @@ def members_meta(cfg, obs_dim: int, act_dim: int) -> dict:
             "actor_layer_norm": a.actor_layer_norm, "critic_layer_norm": a.critic_layer_norm}
 
 
+def members_expect(cfg, obs_dim: int, act_dim: int) -> dict:
+    """What the members checkpoint at `online.load_offline_from` must say of itself; checks
+    it (CheckpointError naming the difference) and returns it. A checkpoint of one seed's
+    members (e.g. imported by experiments.import_members) is accepted for S seeds."""
+    path = cfg.online.load_offline_from
+    expect = members_meta(cfg, obs_dim, act_dim)
+    meta = checkpoints.read_meta(path)
+    if meta.get("num_seeds") == 1:
+        expect["num_seeds"] = 1
+    checkpoints.check_meta(path, meta, expect)
+    return expect
+
+
 def load_members(cfg, template, obs_dim: int, act_dim: int):
     """The members checkpoint at `online.load_offline_from`, shaped like `template` [S, N, ...].
 
-    A checkpoint of one seed's members (e.g. imported by experiments.import_members) is
-    given to every one of the S seeds: S online runs from the same members."""
+    One seed's members are given to every one of the S seeds: S online runs from the same
+    members."""
     path = cfg.online.load_offline_from
-    expect = members_meta(cfg, obs_dim, act_dim)
-    saved = checkpoints.read_meta(path).get("num_seeds")
-    if saved == 1 and cfg.num_seeds > 1:
+    expect = members_expect(cfg, obs_dim, act_dim)
+    if expect["num_seeds"] == 1 and cfg.num_seeds > 1:
         one = checkpoints.restore(path, jax.tree_util.tree_map(lambda x: x[:1], template),
-                                  expect={**expect, "num_seeds": 1})
+                                  expect=expect)
         print(f"the members of {path} are shared by all {cfg.num_seeds} seeds")
         return jax.tree_util.tree_map(lambda x: jnp.repeat(x, cfg.num_seeds, axis=0), one)
     return checkpoints.restore(path, template, expect=expect)
+
+
+def read_env_state(path: str):
+    try:
+        return pickle.loads(checkpoints.read_extra(path, "env_state.pkl"))
+    except (pickle.UnpicklingError, EOFError, ValueError) as e:
+        raise checkpoints.CheckpointError(
+            f"checkpoint {path!r} has an unreadable env_state.pkl ({type(e).__name__}); it "
+            "is corrupt — delete it to resume from the one before") from e
 
 
 # ----------------------------------------------------------------------------- phases
@@ -259,6 +281,13 @@ class Context:
     @property
     def seeds(self):
         return seed_list(self.cfg)
+
+
+def check_finite(ctx: Context, values: dict, where: str):
+    """Stop the run (finite.NonFiniteError) on a NaN/inf in `values`, before it is logged or
+    checkpointed, naming the newest checkpoint kept."""
+    done = ctx.ckpt.complete() if distributed.is_primary() else []
+    finite.check(values, where, ctx.seeds, done[-1] if done else None)
 
 
 def per_seed_rows(base_row: dict, info: dict, seeds, extra_per_seed=None):
@@ -310,6 +339,7 @@ def pretrain(ctx: Context, members, key, start_step: int = 0):
             last_eval = returns
             extra = {"eval_return": returns,
                      "normalized_score": envs.normalized_score(cfg.env, returns)}
+        check_finite(ctx, {**info, **extra}, f"offline step {step:,}")
         for row in per_seed_rows({"phase": "offline", "step": step, "env_steps": 0}, info,
                                  ctx.seeds, extra):
             ctx.run_dir.log(row)
@@ -342,6 +372,7 @@ def fqe_phase(ctx: Context, members, key):
         members, info = chunk(members, ctx.data, k_chunk)
         info = distributed.to_host_tree(info)
         step += k
+        check_finite(ctx, info, f"FQE step {step:,}")
         for row in per_seed_rows({"phase": "fqe", "step": step, "env_steps": 0}, info,
                                  ctx.seeds):
             ctx.run_dir.log(row)
@@ -387,7 +418,7 @@ def finetune(ctx: Context, state, key, start_epoch: int = 0, resume_meta=None,
                            seeds=[COLLECT_SEED + s for s in ctx.seeds])
     recent = [[] for _ in ctx.seeds]           # last 10 training-episode returns per seed
     if resume_meta is not None:
-        env.set_state(pickle.loads(checkpoints.read_extra(resume_meta["path"], "env_state.pkl")))
+        env.set_state(resume_meta["env_state"])
         recent = resume_meta["recent_returns"]
     progress = Progress("online " + cfg.online.replay, oc.epochs, "epochs", every_s=0.0,
                         initial=start_epoch)
@@ -402,6 +433,7 @@ def finetune(ctx: Context, state, key, start_epoch: int = 0, resume_meta=None,
                 "env_steps": epoch * oc.env_steps_per_epoch}
         extra = {"eval_return": returns,
                  "normalized_score": envs.normalized_score(cfg.env, returns)}
+        check_finite(ctx, {"eval_return": returns}, f"the evaluation at online epoch {epoch}")
         if epoch == oc.epochs:   # the final evaluation, after the last epoch's training
             for row in per_seed_rows(base, {}, ctx.seeds, extra):
                 ctx.run_dir.log(row)
@@ -433,11 +465,12 @@ def finetune(ctx: Context, state, key, start_epoch: int = 0, resume_meta=None,
         info = distributed.to_host_tree(
             {k: (infos[0][k] if k.endswith(online.FIRST_BATCH_SUFFIX)   # the epoch's first
                  else sum(i[k] for i in infos) / len(infos)) for k in infos[0]})
+        check_finite(ctx, info, f"online epoch {epoch} (training)")
         extra.update({"q_auroc": auroc,
                       "train_episode_return": [np.mean(r) if r else "" for r in recent]})
         for row in per_seed_rows(base, info, ctx.seeds, extra):
             ctx.run_dir.log(row)
-        progress.update(epoch + 1, f"eval {np.mean(returns):.1f} "
+        progress.update(epoch + 1, f"eval at epoch {epoch}'s start {np.mean(returns):.1f} "
                                    f"({np.mean(envs.normalized_score(cfg.env, returns)):.1f}) "
                                    f"offline frac {to_scalar(info['offline_fraction']):.2f}")
         every = cfg.checkpoint.every_online_epochs
@@ -470,28 +503,33 @@ def run(cfg) -> dict:
     distributed.initialize(cfg.get("distributed"))   # before any device is touched
     with distributed.primary_output():
         obs_dim, act_dim = envs.env_dims(cfg.env)
+        # Every input is checked before anything of the run is written: a bad dataset or
+        # members checkpoint leaves no run directory behind.
+        dataset = load_dataset_everywhere(cfg, obs_dim, act_dim)
+        if cfg.online.load_offline_from:
+            members_expect(cfg, obs_dim, act_dim)
         path = distributed.broadcast_str(run_path(cfg))   # one clock names the directory
-        ckpt = CheckpointManager(os.path.join(path, "checkpoints"), cfg.checkpoint.keep,
-                                 comparable_config(cfg))
-        latest = ckpt.latest() if os.path.isdir(path) else None
-        distributed.agree(lambda: latest["path"] if latest else "(none)",
-                          "the newest checkpoint of the run directory",
-                          "the run directory must be on a filesystem every host shares")
-        distributed.barrier("o2o_run_dir")     # all have looked before the primary writes
-        run_dir = RunDir(path, cfg.to_json_best_effort(indent=2), tensorboard=cfg.tensorboard,
-                         write=distributed.is_primary())
-        print(f"run directory: {run_dir.path}" + (f" (resuming from {latest['path']})"
-                                                  if latest else ""))
+        existed = os.path.isdir(path)
+        # The writer takes the directory's lock first: a second process is refused here.
+        run_dir = RunDir(path, tensorboard=cfg.tensorboard, write=distributed.is_primary())
         try:
-            return _run(cfg, run_dir, ckpt, latest, obs_dim, act_dim)
+            ckpt = CheckpointManager(os.path.join(path, "checkpoints"), cfg.checkpoint.keep,
+                                     comparable_config(cfg))
+            latest = ckpt.latest() if existed else None
+            distributed.agree(lambda: latest["path"] if latest else "(none)",
+                              "the newest checkpoint of the run directory",
+                              "the run directory must be on a filesystem every host shares")
+            distributed.barrier("o2o_run_dir")   # all have looked before the primary writes
+            run_dir.write_config(cfg.to_json_best_effort(indent=2))
+            print(f"run directory: {run_dir.path}" + (f" (resuming from {latest['path']})"
+                                                      if latest else ""))
+            return _run(cfg, run_dir, ckpt, latest, dataset, obs_dim, act_dim)
         finally:
             run_dir.close()   # also on errors and interrupts: TensorBoard writers flushed
 
 
-def _run(cfg, run_dir: RunDir, ckpt: CheckpointManager, latest, obs_dim: int, act_dim: int):
-    if latest is None:
-        run_dir.truncate(0)
-    # The primary builds a missing dataset; the other processes then read it.
+def load_dataset_everywhere(cfg, obs_dim: int, act_dim: int):
+    """The primary builds a missing dataset; the other processes then read it."""
     dataset = load_dataset(cfg, obs_dim, act_dim) if distributed.is_primary() else None
     distributed.barrier("o2o_dataset")
     if dataset is None:
@@ -501,6 +539,13 @@ def _run(cfg, run_dir: RunDir, ckpt: CheckpointManager, latest, obs_dim: int, ac
                 f"{float(np.sum(dataset.arrays['observations'], dtype=np.float64))!r}",
         f"dataset {dataset.dataset_id}", "point MINARI_DATASETS_PATH of every host at one "
         "shared folder (or copy the primary's dataset there)")
+    return dataset
+
+
+def _run(cfg, run_dir: RunDir, ckpt: CheckpointManager, latest, dataset, obs_dim: int,
+         act_dim: int):
+    if latest is None:
+        run_dir.truncate(0)
     sharder = Sharder(cfg.num_seeds, cfg.shard_seeds, num_members=cfg.agent.num_members)
     ctx = Context(cfg, run_dir, ckpt, sharder, sharder.shared(device_arrays(dataset)),
                   obs_dim, act_dim)
@@ -544,8 +589,10 @@ def _run(cfg, run_dir: RunDir, ckpt: CheckpointManager, latest, obs_dim: int, ac
         if phase == "online":
             restored = ckpt.restore(latest, {"state": state, "key": k_loop})
             state, k_loop = restored["state"], restored["key"]
+            env_state = read_env_state(latest["path"])
+            # Only once everything is restored: a failed resume must lose no row.
             run_dir.truncate(latest["csv_rows"])
-            start_epoch, resume_meta = latest["epoch"], latest
+            start_epoch, resume_meta = latest["epoch"], {**latest, "env_state": env_state}
             offline_return = latest.get("offline_return")
         state = sharder.seeds(state)
         del members

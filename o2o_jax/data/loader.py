@@ -230,6 +230,30 @@ def _verify(flat: Dict[str, np.ndarray], raw: Dict[str, Any], obs_dim: int,
     return ""
 
 
+# Larger values are refused: float32 training on them overflows (squared TD errors and
+# Q-values of rewards near 1e19 are inf) long before the data themselves do.
+MAX_MAGNITUDE = 1e6
+
+
+def check_values(dataset_id: str, arrays: Dict[str, np.ndarray]) -> None:
+    """DatasetError if the float32 training arrays hold NaN/inf (also values finite only in
+    float64, e.g. a reward of 1e39) or magnitudes beyond MAX_MAGNITUDE."""
+    for k in ("observations", "actions", "rewards", "next_observations"):
+        x = arrays[k]
+        if not np.all(np.isfinite(x)):
+            bad = int(np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).any(axis=1))[0])
+            raise DatasetError(
+                f"dataset {dataset_id!r}: {k} of transition {bad} is not finite in float32 "
+                f"(NaN, inf, or beyond float32's range of 3.4e38), which training uses. "
+                "Fix or drop those transitions, or rescale the data")
+        big = float(np.max(np.abs(x))) if x.size else 0.0
+        if big > MAX_MAGNITUDE:
+            raise DatasetError(
+                f"dataset {dataset_id!r}: {k} reach {big:.3g} in magnitude (limit "
+                f"{MAX_MAGNITUDE:.0e}): float32 losses on such values overflow. Rescale "
+                f"(or clip) the {k} before training")
+
+
 def flat_to_arrays(flat: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     """Minari-layout flat arrays (T+1 observations per episode) -> float32 transitions."""
     lengths = flat["episode_lengths"].astype(np.int64)
@@ -244,13 +268,14 @@ def flat_to_arrays(flat: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     ends[first + lengths - 1] = 1.0
     terms = flat["terminations"].astype(bool)
     truncs = flat["truncations"].astype(bool) | ((ends > 0) & ~terms)
-    return {"observations": obs[obs_row].astype(np.float32),
-            "actions": flat["actions"].astype(np.float32),
-            "rewards": flat["rewards"].astype(np.float32),
-            "next_observations": obs[obs_row + 1].astype(np.float32),
-            "dones": terms.astype(np.float32),
-            "truncations": truncs.astype(np.float32),
-            "episode_starts": starts, "episode_ends": ends}
+    with np.errstate(over="ignore"):   # values beyond float32: refused by check_values
+        return {"observations": obs[obs_row].astype(np.float32),
+                "actions": flat["actions"].astype(np.float32),
+                "rewards": flat["rewards"].astype(np.float32),
+                "next_observations": obs[obs_row + 1].astype(np.float32),
+                "dones": terms.astype(np.float32),
+                "truncations": truncs.astype(np.float32),
+                "episode_starts": starts, "episode_ends": ends}
 
 
 def load(dataset_id: str, env_name: Optional[str] = None) -> Dataset:
@@ -298,7 +323,9 @@ def load(dataset_id: str, env_name: Optional[str] = None) -> Dataset:
                                f"{_fix(dataset_id)}")
         store.write_cache(dataset_id, flat)
     metadata = {**raw, "observation_space": obs_space, "action_space": act_space}
-    return Dataset(dataset_id=dataset_id, arrays=flat_to_arrays(flat), metadata=metadata)
+    arrays = flat_to_arrays(flat)
+    check_values(dataset_id, arrays)
+    return Dataset(dataset_id=dataset_id, arrays=arrays, metadata=metadata)
 
 
 # --------------------------------------------------------------------------------------
