@@ -44,7 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.env = "hopper"
     c.run_dir = "runs"           # runs go to <run_dir>/<run_name>
     c.run_name = ""              # "" -> <env>-<dataset kind>-<algo>-seed<seed>-<time>
-    c.algo = "off2on"            # see o2o_jax/algos.py; configs/algos.py for paper presets
+    c.algo = "off2on"            # a registered method: o2o_jax/agents/<name>.py
     c.num_seeds = 1              # S seeds vmapped in one program: seeds seed..seed+S-1
     c.shard_seeds = True         # several devices: shard seeds across them (1 seed: members)
     c.resume = False             # continue the newest run of this experiment
@@ -78,11 +78,13 @@ def get_config() -> ml_collections.ConfigDict:
         "hidden_dims": ml_collections.config_dict.placeholder(tuple)})
 
     c.agent = get_agent_config()
-    # Knobs of the baselines (their own modules document the source values).
-    from o2o_jax.agents import awac, bcq, fqe
-    c.awac = awac.default_config()
-    c.bcq = bcq.default_config()
-    c.fqe = fqe.default_config()
+    # Each method's own section (awac, bcq, fqe, ...), from its registration; its module
+    # documents the source values.
+    from o2o_jax import algorithm
+    for algo in algorithm.all_algorithms():
+        if algo.config_section is not None:
+            name, default = algo.config_section
+            c[name] = default()
 
     c.offline = ml_collections.ConfigDict()
     c.offline.steps = 1_000_000  # gradient steps per member

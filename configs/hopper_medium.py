@@ -2,8 +2,9 @@
 
   (none) / paper   paper scale: N = 5, 2x256, batch 256, 1M CQL steps, 250k online steps
   quick            a ~10 minute 2-core CPU run that still shows learning (see README)
-  <method>         a method's paper settings (configs/algos.py): off2on, sac, sac_ft,
-                   cql_ft, awac, bcq_ft, fqe_init
+  reference        the online settings of the authors' halfcheetah demo (configs/variants.py)
+  <method>         a registered method's paper settings (its Algorithm.preset, in
+                   o2o_jax/agents/): off2on, sac, sac_ft, cql_ft, awac, bcq_ft, fqe_init
 
 e.g. --config=configs/hopper_medium.py:quick,sac_ft
 """

@@ -1,5 +1,6 @@
-"""Variants shared by the task configs: `quick` and the methods of configs/algos.py."""
-from configs import algos
+"""Variants shared by the task configs: `quick`, `reference`, and each registered method's
+paper settings (`Algorithm.preset`, in o2o_jax/agents/<method>.py)."""
+from o2o_jax import algorithm
 
 
 def quick(c):
@@ -52,11 +53,11 @@ def apply(c, variant: str):
             quick(c)
         elif part == "reference":
             reference(c)
-        elif part in algos.PRESETS:
-            algos.apply(c, part)
+        elif part in algorithm.names():
+            algorithm.get(part).apply_preset(c)
         else:
             raise ValueError(f"unknown config variant {part!r}; allowed: 'paper', 'quick', "
-                             f"'reference', or a method: {sorted(algos.PRESETS)}")
+                             f"'reference', or a method: {algorithm.names()}")
     return c
 
 

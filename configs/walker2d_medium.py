@@ -1,5 +1,5 @@
 """walker2d-medium. Variants as in configs/hopper_medium.py (comma-separated, in order):
-(none) / paper, quick, or a method's paper settings (configs/algos.py), e.g.
+(none) / paper, quick, or a method's paper settings (Algorithm.preset in o2o_jax/agents/<method>.py), e.g.
 
   python -m experiments.train --config=configs/walker2d_medium.py:quick,cql_ft
 """

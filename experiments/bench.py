@@ -183,8 +183,8 @@ def bench_online(hidden, batch, members, steps, reps, peak, num_offline=1_000_00
 def bench_interaction(agent, steps: int = 1000) -> float:
     """Seconds per online env step as the pipeline collects: one jitted stochastic
     ensemble-policy call for the seed axis, then a MuJoCo hopper step (median of 3)."""
-    from o2o_jax import algos, envs, pipeline
-    act = pipeline.seeds_jit(algos.get(base.get_config()).act)   # algo off2on
+    from o2o_jax import algorithm, envs, pipeline
+    act = pipeline.seeds_jit(algorithm.get("off2on").act)
     agent1 = pipeline.stack([agent])
     env = envs.BatchedEnvs("hopper", 1, 0)
     keys = jax.random.split(jax.random.PRNGKey(3), steps)[None]

@@ -4,7 +4,7 @@
       --methods=off2on,sac_ft,cql_ft,awac,bcq_ft,sac --seeds=3 --out=runs/compare
 
 Each method runs through the same pipeline (`experiments.train`) with its paper preset
-(configs/algos.py) applied on top of the given config, with `--seeds` vmapped seeds.
+(`Algorithm.preset`, o2o_jax/agents/<method>.py) applied on top of the given config, with `--seeds` vmapped seeds.
 Budget overrides on the command line (--config.offline.steps=...) apply to every method.
 Writes <out>/<method>/ run directories, <out>/comparison.md and .csv, and figures.
 
@@ -32,7 +32,7 @@ with cli.flag_definitions("compare"):   # the default file is parsed here, with 
     _CONFIG = config_flags.DEFINE_config_file("config", "configs/hopper_medium.py:quick",
                                               "base experiment config", lock_config=False)
 _METHODS = flags.DEFINE_list("methods", ["off2on", "sac_ft", "cql_ft", "awac", "bcq_ft",
-                                         "sac"], "methods to compare (configs/algos.py)")
+                                         "sac"], "methods to compare (registered names)")
 _SEEDS = flags.DEFINE_integer("seeds", 3, "seeds per method (vmapped in one program)")
 _OUT = flags.DEFINE_string("out", "", "output folder (default runs/compare-<time>)")
 _SHARE = flags.DEFINE_bool("share_offline", True, "pretrain once for methods whose offline "
@@ -40,9 +40,9 @@ _SHARE = flags.DEFINE_bool("share_offline", True, "pretrain once for methods who
 
 
 def method_config(base, method: str, seeds: int, out: str):
-    from configs import algos
+    from o2o_jax import algorithm
     cfg = copy.deepcopy(base)
-    algos.apply(cfg, method)
+    algorithm.get(method).apply_preset(cfg)
     cfg.num_seeds = seeds
     cfg.run_dir, cfg.run_name = out, method
     return cfg
@@ -50,16 +50,18 @@ def method_config(base, method: str, seeds: int, out: str):
 
 def offline_signature(cfg):
     """What determines the offline phase's result, or None if it cannot be shared (no
-    pretraining, members loaded anyway, or FQE-init, whose saved members are post-FQE)."""
-    from o2o_jax import algos, pipeline
-    if (cfg.offline.steps == 0 or cfg.online.load_offline_from or cfg.algo == "fqe_init"
+    pretraining, members loaded anyway, or a method with a phase after pretraining, e.g.
+    FQE-init, whose saved members are those after it)."""
+    from o2o_jax import algorithm, pipeline
+    algo = algorithm.get(cfg.algo)
+    if (cfg.offline.steps == 0 or cfg.online.load_offline_from or algo.post_offline
             or not cfg.offline.save_members):
         return None
     d = pipeline.comparable_config(cfg)
-    for k in ("online", "algo", "fqe"):
-        d.pop(k, None)
-    algo = algos.get(cfg)
-    return (algo.offline_update, algo.create_members, json.dumps(d, sort_keys=True))
+    for k in ["online", "algo"] + [a.config_section[0] for a in algorithm.all_algorithms()
+                                   if a.config_section and a is not algo]:
+        d.pop(k, None)     # other methods' sections cannot change this offline phase
+    return (algo.offline_update(cfg), algo.create_members, json.dumps(d, sort_keys=True))
 
 
 def share_offline(cfgs, methods, out):

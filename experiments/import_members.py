@@ -50,7 +50,7 @@ def main(argv):
     import jax
     import numpy as np
     from configs import variants
-    from o2o_jax import algos, checkpoints, pipeline, rlkit_import
+    from o2o_jax import algorithm, checkpoints, pipeline, rlkit_import
     from o2o_jax.agents import ensemble
 
     for name, flag in (("--source", _SOURCE), ("--env", _ENV), ("--out", _OUT)):
@@ -69,7 +69,7 @@ def main(argv):
     obs_dim, act_dim = envs.env_dims(cfg.env)
     try:
         rlkit_import.check_config(cfg.agent)
-        fresh = algos.get(cfg).create_members(jax.random.PRNGKey(cfg.seed), obs_dim, act_dim,
+        fresh = algorithm.get(cfg.algo).create_members(jax.random.PRNGKey(cfg.seed), obs_dim, act_dim,
                                               cfg)
         members, provenance = rlkit_import.import_members(
             _SOURCE.value, fresh, obs_dim, act_dim, tuple(cfg.agent.hidden_dims), ids,

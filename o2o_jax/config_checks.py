@@ -21,6 +21,12 @@ def _check(cond, field, value, allowed):
                           f"(fix it in the config file or with --config.{field}=...)")
 
 
+def require(cfg, field: str, cond: bool, allowed: str) -> None:
+    """ConfigError naming `field`, its value and `allowed` unless `cond` (for the config
+    rules of one method, `Algorithm.check`)."""
+    _check(cond, field, _get(cfg, field), allowed)
+
+
 def positive_int(cfg, field):
     v = _get(cfg, field)
     _check(isinstance(v, int) and not isinstance(v, bool) and v > 0, field, v,
@@ -76,9 +82,9 @@ def check_agent(cfg, prefix="agent"):
 
 def check(cfg):
     """Raise ConfigError naming the first bad field of an experiment config."""
-    from o2o_jax.algos import ALGOS
+    from o2o_jax import algorithm
     one_of(cfg, "env", sorted(envs.ENVS))
-    one_of(cfg, "algo", ALGOS)
+    one_of(cfg, "algo", algorithm.names())
     one_of(cfg, "dataset.kind", DATASET_KINDS)
     non_negative_int(cfg, "seed")
     positive_int(cfg, "num_seeds")
@@ -92,21 +98,9 @@ def check(cfg):
         positive_int(cfg, f"offline.{f}")
     if "online" in cfg:
         check_online(cfg)
-    if cfg.algo == "sac":
-        _check(cfg.offline.steps == 0, "offline.steps", cfg.offline.steps,
-               "must be 0 for algo 'sac' (SAC from scratch has no offline phase)")
-        _check(cfg.online.replay == "online_only", "online.replay", cfg.online.replay,
-               "must be 'online_only' for algo 'sac' (no offline data)")
-    if cfg.algo == "awac":
-        for f in ("agent.backup_entropy", "online.backup_entropy"):
-            _check(not _get(cfg, f), f, _get(cfg, f), "must be False for algo 'awac' "
-                   "(AWAC's backup has no entropy term)")
-    if cfg.algo in ("off2on", "sac", "sac_ft", "fqe_init") and "online" in cfg:
-        # These fine-tune with plain SAC; the CQL penalty online is algo 'cql_ft'.
-        _check(float(cfg.online.cql_weight) == 0.0, "online.cql_weight",
-               cfg.online.cql_weight, f"must be 0 for algo {cfg.algo!r}, which fine-tunes "
-               "with SAC; keep the CQL penalty online with --config.algo=cql_ft")
-    positive_int(cfg, "fqe.steps")
+    algo = algorithm.get(cfg.algo)
+    if algo.check is not None:
+        algo.check(cfg)     # the method's own rules
     if "distributed" in cfg:
         check_distributed(cfg)
     if cfg.get("tensorboard", False):

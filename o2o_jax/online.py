@@ -122,7 +122,7 @@ def init_state(members: ActorCritic, offline_data, key: jax.Array, online_cfg,
                obs_dim: int, act_dim: int, agent=None) -> OnlineState:
     """The online state at the start of fine-tuning (spec sections 3-4).
 
-    `agent`: the online agent if already built (e.g. by `algos.Algo.to_online`); by
+    `agent`: the online agent if already built (e.g. by `Algorithm.to_online`); by
     default the members become one ensemble agent (the method's reference hand-over).
     """
     oc = online_cfg

@@ -29,9 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from o2o_jax import (algos, checkpoints, config_checks, distributed, envs, finite, offline,
+from o2o_jax import (algorithm, checkpoints, config_checks, distributed, envs, finite, offline,
                      online, stats)
-from o2o_jax.agents import fqe
 from o2o_jax.logging import Progress, RunDir, to_scalar
 from o2o_jax.replay import buffers
 
@@ -310,7 +309,7 @@ def seeds_jit(fn, donate: bool = False):
 
 def evaluate_offline(ctx: Context, members):
     seeds = [OFFLINE_EVAL_SEED + 1_000 * s for s in ctx.seeds]
-    policy = seeds_jit(algos.get(ctx.cfg).members_act_eval)
+    policy = seeds_jit(algorithm.get(ctx.cfg.algo).members_act_eval)
     return envs.evaluate_seeds(lambda o: distributed.to_host(policy(members, jnp.asarray(o))),
                                ctx.cfg.env,
                                ctx.cfg.offline.eval_episodes, seeds)
@@ -327,7 +326,8 @@ def pretrain(ctx: Context, members, key, start_step: int = 0):
         next_eval = (step // oc.eval_interval + 1) * oc.eval_interval
         next_ckpt = (step // ckpt_every + 1) * ckpt_every
         k = min(oc.chunk, next_eval - step, next_ckpt - step, oc.steps - step)
-        chunk = offline.make_train_chunk(k, oc.batch_size, algos.get(cfg).offline_update,
+        chunk = offline.make_train_chunk(k, oc.batch_size,
+                                         algorithm.get(cfg.algo).offline_update(cfg),
                                          seed_axis=True)
         key, k_chunk = split_each(key, 2)
         members, info = chunk(members, ctx.data, k_chunk)
@@ -343,7 +343,8 @@ def pretrain(ctx: Context, members, key, start_step: int = 0):
         for row in per_seed_rows({"phase": "offline", "step": step, "env_steps": 0}, info,
                                  ctx.seeds, extra):
             ctx.run_dir.log(row)
-        msg = f"critic {to_scalar(info['critic_loss']):.3g} q {to_scalar(info['q_data']):.3g}"
+        msg = " ".join(f"{k} {to_scalar(info[k]):.3g}"
+                       for k in algorithm.get(cfg.algo).progress_keys if k in info)
         if last_eval is not None:
             msg += (f" | eval {np.mean(last_eval):.1f} "
                     f"({np.mean(envs.normalized_score(cfg.env, last_eval)):.1f})")
@@ -357,23 +358,26 @@ def pretrain(ctx: Context, members, key, start_step: int = 0):
     return members, last_eval
 
 
-def fqe_phase(ctx: Context, members, key):
-    """FQE-init (paper section 3.3): re-initialise the critics and fit them to Q^pi of the
-    pretrained policy by fitted Q evaluation; actors stay as pretrained."""
+def post_offline_phase(ctx: Context, members, key, post):
+    """A method's phase after pretraining (`algorithm.PostOffline`, e.g. FQE-init's critic
+    refit): `post.reset` once per seed, then `post.steps_field` updates of `post.update`
+    per member, logged as phase `post.phase`."""
     cfg = ctx.cfg
     k_reset, key = split_each(key, 2)
-    members = jax.vmap(lambda m, k: fqe.reset_critics(m, k, cfg.agent))(members, k_reset)
-    progress = Progress("FQE critics", cfg.fqe.steps, "steps", every_s=5.0)
+    members = jax.vmap(lambda m, k: post.reset(m, k, cfg))(members, k_reset)
+    total = config_checks._get(cfg, post.steps_field)
+    progress = Progress(post.label, total, "steps", every_s=5.0)
     step = 0
-    while step < cfg.fqe.steps:
-        k = min(cfg.offline.chunk, cfg.fqe.steps - step)
-        chunk = offline.make_train_chunk(k, cfg.offline.batch_size, fqe.update, seed_axis=True)
+    while step < total:
+        k = min(cfg.offline.chunk, total - step)
+        chunk = offline.make_train_chunk(k, cfg.offline.batch_size, post.update(cfg),
+                                         seed_axis=True)
         key, k_chunk = split_each(key, 2)
         members, info = chunk(members, ctx.data, k_chunk)
         info = distributed.to_host_tree(info)
         step += k
-        check_finite(ctx, info, f"FQE step {step:,}")
-        for row in per_seed_rows({"phase": "fqe", "step": step, "env_steps": 0}, info,
+        check_finite(ctx, info, f"{post.phase} step {step:,}")
+        for row in per_seed_rows({"phase": post.phase, "step": step, "env_steps": 0}, info,
                                  ctx.seeds):
             ctx.run_dir.log(row)
         progress.update(step, f"critic {to_scalar(info['critic_loss']):.3g}")
@@ -385,13 +389,13 @@ def step_config(cfg) -> online.StepConfig:
     return online.StepConfig(batch_size=oc.batch_size, dr_batch_size=oc.dr_batch_size,
                              replay=oc.replay, priority_temperature=oc.priority_temperature,
                              fifo_window=oc.fifo_capacity,
-                             update_fn=algos.get(cfg).online_update)
+                             update_fn=algorithm.get(cfg.algo).online_update(cfg))
 
 
 def init_online(ctx: Context, members, key):
     """Per-seed online states (built one seed at a time), stacked on the seed axis."""
     k_init = distributed.to_host(key)
-    algo = algos.get(ctx.cfg)
+    algo = algorithm.get(ctx.cfg.algo)
     states = []
     for s in range(ctx.cfg.num_seeds):
         m = unstack(members, s)
@@ -411,7 +415,7 @@ def finetune(ctx: Context, state, key, start_epoch: int = 0, resume_meta=None,
     resumed run's summary still reports it."""
     cfg, oc = ctx.cfg, ctx.cfg.online
     step_cfg = step_config(cfg)
-    algo = algos.get(cfg)
+    algo = algorithm.get(cfg.algo)
     act, act_eval = seeds_jit(algo.act), seeds_jit(algo.act_eval)
     q_auroc = seeds_jit(functools.partial(online.q_auroc, q_fn=algo.q_value))
     env = envs.BatchedEnvs(cfg.env, cfg.num_seeds, 0,
@@ -490,7 +494,7 @@ def finetune(ctx: Context, state, key, start_epoch: int = 0, resume_meta=None,
 
 def create_members(ctx: Context, key):
     """[S, N, ...] members: seed s's N members are created from its key alone."""
-    create = algos.get(ctx.cfg).create_members
+    create = algorithm.get(ctx.cfg.algo).create_members
     return stack([create(k, ctx.obs_dim, ctx.act_dim, ctx.cfg) for k in jnp.asarray(key)])
 
 
@@ -573,8 +577,9 @@ def _run(cfg, run_dir: RunDir, ckpt: CheckpointManager, latest, dataset, obs_dim
             start = latest["step"]
             run_dir.truncate(latest["csv_rows"])   # only once restore succeeded
         members, offline_return = pretrain(ctx, members, k_offline, start)
-        if cfg.algo == "fqe_init":
-            members = fqe_phase(ctx, members, k_offline)
+        post = algorithm.get(cfg.algo).post_offline
+        if post is not None:
+            members = post_offline_phase(ctx, members, k_offline, post)
         if cfg.offline.save_members and cfg.offline.steps > 0:
             checkpoints.save(os.path.join(run_dir.path, "offline_members"), members,
                              members_meta(cfg, obs_dim, act_dim))

@@ -3,14 +3,13 @@ import os
 
 import pytest
 
-from configs import algos as presets
 from configs import hopper_medium
-from o2o_jax import config_checks, pipeline
+from o2o_jax import algorithm, config_checks, pipeline
 from o2o_jax.config_checks import ConfigError
 
 
-@pytest.mark.parametrize("variant", ["", "quick"] + sorted(presets.PRESETS)
-                         + [f"quick,{m}" for m in sorted(presets.PRESETS)])
+@pytest.mark.parametrize("variant", ["", "quick"] + algorithm.names()
+                         + [f"quick,{m}" for m in algorithm.names()])
 def test_shipped_configs_pass(variant):
     config_checks.check(hopper_medium.get_config(variant))
 

@@ -4,15 +4,14 @@ import os
 import numpy as np
 import pytest
 
-from configs import algos
-from o2o_jax import pipeline
+from o2o_jax import algorithm, pipeline
 from tests.test_pipeline import read_rows, tiny_config
 
 
-@pytest.mark.parametrize("method", sorted(set(algos.PRESETS) - {"off2on"}))
+@pytest.mark.parametrize("method", sorted(set(algorithm.names()) - {"off2on"}))
 def test_method_runs_end_to_end(minari_root, tmp_path, method):
     cfg = tiny_config(tmp_path, method)
-    algos.apply(cfg, method)
+    algorithm.get(method).apply_preset(cfg)
     cfg.online.epochs = 2
     cfg.fqe.steps = 20
     cfg.bcq.update(vae_hidden_dims=(8, 8), actor_hidden_dims=(8, 8), critic_hidden_dims=(8, 8))

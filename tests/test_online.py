@@ -158,7 +158,7 @@ def first_adam_step(state, value=1.0):
 @pytest.mark.parametrize("fresh", [True, False])
 def test_online_optimizers_use_the_online_learning_rates(fresh):
     """Reference: policy lr = alpha lr = 3e-4 online, while offline CQL used 1e-4."""
-    from o2o_jax import algos
+    from o2o_jax import algorithm
     cfg = base.get_config()
     cfg.agent.hidden_dims = (16, 16)
     cfg.online.fresh_optimizers = fresh
@@ -167,7 +167,7 @@ def test_online_optimizers_use_the_online_learning_rates(fresh):
     members = ensemble.create_members(jax.random.PRNGKey(0), OBS, ACT, cfg.agent, 3)
     np.testing.assert_allclose(first_adam_step(ensemble.member(members, 0).actor), 1e-4,
                                rtol=1e-3)
-    via_algo = algos.get(cfg).to_online(members, cfg)
+    via_algo = algorithm.get(cfg.algo).to_online(members, cfg)
     via_init = online.init_state(members, offline_data(), jax.random.PRNGKey(1), cfg.online,
                                  OBS, ACT).agent
     for agent in (via_algo, via_init):

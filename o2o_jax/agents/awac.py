@@ -110,6 +110,42 @@ def make_update(awac_lambda: float = 1.0, max_weight: float = 100.0, n_samples: 
                              max_weight=float(max_weight), n_samples=int(n_samples))
 
 
-def make_update_from_config(cfg: ml_collections.ConfigDict):
-    """`make_update` from a `default_config()`-shaped config."""
-    return make_update(cfg.awac_lambda, cfg.max_weight, cfg.n_samples)
+# ---------------------------------------------------------------------------------------
+# Registration: AWAC offline and online (same objective), with the N-ensemble.
+# ---------------------------------------------------------------------------------------
+
+def _update(cfg):
+    a = cfg.awac
+    return make_update(float(a.awac_lambda), float(a.max_weight), int(a.n_samples))
+
+
+def _to_online(members, cfg):
+    from o2o_jax.agents import ensemble
+    return ensemble.to_online(members, cfg, backup_entropy=False)
+
+
+def _check(cfg):
+    from o2o_jax import config_checks
+    for f in ("agent.backup_entropy", "online.backup_entropy"):
+        config_checks.require(cfg, f, not config_checks._get(cfg, f),
+                              "must be False for algo 'awac' (AWAC's backup has no entropy "
+                              "term)")
+
+
+def _register():
+    from o2o_jax import algorithm
+    from o2o_jax.agents import ensemble
+    algorithm.register(algorithm.Algorithm(
+        name="awac", summary="AWAC offline and online (advantage-weighted regression), "
+                             "online data appended",
+        create_members=ensemble.members_from_config, offline_update=_update,
+        to_online=_to_online, online_update=_update, act=ensemble.act,
+        act_eval=ensemble.act_eval, q_value=ensemble.q_ens,
+        members_act_eval=ensemble.members_policy_ensemble,
+        config_section=("awac", default_config),
+        preset={"online.replay": "uniform", "online.backup_entropy": False,
+                "agent.backup_entropy": False, "agent.bc_steps": 0},
+        check=_check))
+
+
+_register()

@@ -47,6 +47,7 @@ from flax import struct
 from flax.training.train_state import TrainState
 
 from o2o_jax import networks, optim
+from o2o_jax.agents import stacking
 
 Params = Any
 LOG_STD_MIN, LOG_STD_MAX = -4.0, 15.0     # VAE latent log-std clip (BCQ code)
@@ -181,26 +182,12 @@ def create(key: jax.Array, obs_dim: int, act_dim: int, cfg) -> BCQState:
     )
 
 
-def _copy(tree):
-    # vmap may return one buffer for equal outputs (net == target at init); give every
-    # leaf its own buffer so the state can be donated.
-    return jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), tree)
-
-
 def create_members(key: jax.Array, obs_dim: int, act_dim: int, cfg, num_members: int):
     """N independent members stacked on a leading axis; member i uses key split i."""
-    if num_members < 1:
-        raise ValueError(f"num_members must be >= 1, got {num_members}")
-    keys = jax.random.split(key, num_members)
-    return _copy(jax.jit(jax.vmap(lambda k: create(k, obs_dim, act_dim, cfg)))(keys))
+    return stacking.create(lambda k: create(k, obs_dim, act_dim, cfg), key, num_members)
 
 
-def member(members: BCQState, i: int) -> BCQState:
-    return jax.tree_util.tree_map(lambda x: x[i], members)
-
-
-def num_stacked(members: BCQState) -> int:
-    return jax.tree_util.tree_leaves(members.actor.params)[0].shape[0]
+num_stacked = stacking.num_stacked
 
 
 # ---------------------------------------------------------------------------------------
@@ -353,3 +340,37 @@ def q_ens(members: BCQState, observations: jax.Array, actions: jax.Array) -> jax
     apply = members.critic.apply_fn
     q = jax.vmap(lambda p: apply({"params": p}, observations, actions))(members.critic.params)
     return jnp.mean(jnp.min(q, axis=1), axis=0)
+
+
+# ---------------------------------------------------------------------------------------
+# Registration: BCQ offline and online (BCQ-ft), the N members acting as one ensemble.
+# ---------------------------------------------------------------------------------------
+
+def _members(key, obs_dim, act_dim, cfg):
+    return create_members(key, obs_dim, act_dim, cfg.bcq, cfg.agent.num_members)
+
+
+def _update(cfg):
+    return update
+
+
+def _members_update(cfg):
+    return members_update
+
+
+def _eval_act(members, observations):
+    # BCQ has no deterministic mode: a fixed key makes evaluation reproducible.
+    return ensemble_act(members, observations, jax.random.PRNGKey(0))
+
+
+def _register():
+    from o2o_jax import algorithm
+    algorithm.register(algorithm.Algorithm(
+        name="bcq_ft", summary="BCQ-ft: BCQ members offline and online, online data appended",
+        create_members=_members, offline_update=_update,
+        to_online=lambda members, cfg: members, online_update=_members_update,
+        act=ensemble_act, act_eval=_eval_act, q_value=q_ens, members_act_eval=_eval_act,
+        config_section=("bcq", default_config), preset={"online.replay": "uniform"}))
+
+
+_register()

@@ -75,3 +75,28 @@ def update(agent: ActorCritic, batch, key: jax.Array):
         info["alpha_prime"] = alpha_prime(agent)
         info["alpha_prime_loss"] = loss
     return new_agent, info
+
+
+# ---------------------------------------------------------------------------------------
+# CQL-ft: the CQL penalty kept online (with the paper's N-ensemble).
+# ---------------------------------------------------------------------------------------
+
+def _cql(cfg):
+    return update
+
+
+def _register():
+    from o2o_jax import algorithm
+    from o2o_jax.agents import ensemble
+    algorithm.register(algorithm.Algorithm(
+        name="cql_ft", summary="CQL-ft: CQL members, the CQL penalty kept online (alpha_cql "
+                               "= online.cql_weight), uniform replay",
+        create_members=ensemble.members_from_config, offline_update=_cql,
+        to_online=ensemble.to_online, online_update=_cql, act=ensemble.act,
+        act_eval=ensemble.act_eval, q_value=ensemble.q_ens,
+        members_act_eval=ensemble.members_policy_ensemble,
+        preset={"online.replay": "uniform", "online.cql_weight": 5.0,
+                "online.backup_entropy": False}))
+
+
+_register()

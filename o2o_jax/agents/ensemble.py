@@ -14,27 +14,23 @@ from flax.training.train_state import TrainState
 from o2o_jax import distributions as dist
 from o2o_jax import optim
 from o2o_jax.agents import actor_critic as ac
+from o2o_jax.agents import stacking
 from o2o_jax.agents.actor_critic import ActorCritic
 
 
 def create_members(key: jax.Array, obs_dim: int, act_dim: int, cfg, num_members: int):
     """N independent single agents stacked on a leading axis; member i uses key split i."""
-    if num_members < 1:
-        raise ValueError(f"agent.num_members must be >= 1, got {num_members}")
-    keys = jax.random.split(key, num_members)
-    members = jax.jit(jax.vmap(lambda k: ac.create(k, obs_dim, act_dim, cfg)))(keys)
-    # vmap may hand back one buffer for equal outputs (critic == target critic at init);
-    # give every leaf its own buffer so the state can be donated.
-    return jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), members)
+    return stacking.create(lambda k: ac.create(k, obs_dim, act_dim, cfg), key, num_members)
 
 
-def num_stacked(members: ActorCritic) -> int:
-    return jax.tree_util.tree_leaves(members.actor.params)[0].shape[0]
+def members_from_config(key: jax.Array, obs_dim: int, act_dim: int, cfg):
+    """`create_members` with the experiment config's agent section (N = agent.num_members):
+    the `create_members` of every actor-critic method."""
+    return create_members(key, obs_dim, act_dim, cfg.agent, cfg.agent.num_members)
 
 
-def member(members: ActorCritic, i: int) -> ActorCritic:
-    """The i-th single agent of a stacked set."""
-    return jax.tree_util.tree_map(lambda x: x[i], members)
+num_stacked = stacking.num_stacked
+member = stacking.member
 
 
 def _fresh(state: TrainState, params, lr: Optional[float] = None) -> TrainState:
@@ -84,6 +80,30 @@ def to_ensemble(members: ActorCritic, *, reset_temperature: bool = True,
                           target_critic_params=members.target_critic_params,
                           temp=temp, members=n)
     return agent.replace(**hparams) if hparams else agent
+
+
+def to_online(members: ActorCritic, cfg, **overrides) -> ActorCritic:
+    """The hand-over of every actor-critic method, from the experiment config's `online`
+    section (reset alpha, fresh optimizers at the online learning rates, the SAC-ft rule
+    cql_weight = online.cql_weight, entropy backup, no BC); `overrides` replace static
+    fields (AWAC: backup_entropy=False)."""
+    oc = cfg.online
+    hparams = dict(cql_weight=float(oc.cql_weight), backup_entropy=bool(oc.backup_entropy),
+                   bc_steps=0)
+    hparams.update(overrides)
+    return to_ensemble(members, reset_temperature=oc.reset_temperature,
+                       init_temperature=oc.init_temperature,
+                       fresh_optimizers=oc.fresh_optimizers, **online_lrs(oc), **hparams)
+
+
+def act(agent: ActorCritic, observations: jax.Array, key: jax.Array):
+    """A sample of the agent's policy (ensemble: of pi_E)."""
+    return ac.act(agent, observations, key)
+
+
+def act_eval(agent: ActorCritic, observations: jax.Array):
+    """tanh of the policy mean (ensemble: of pi_E), the evaluation action."""
+    return ac.act(agent, observations)
 
 
 def online_lrs(online_cfg) -> dict:

@@ -16,6 +16,7 @@ SAC like {pi_phi, Q_CQL}. On the `ActorCritic` state:
 Key derivation: `update` passes its key to `sac.critic_loss` (which splits off k_target
 for a' ~ pi(.|s')).
 """
+import dataclasses
 import functools
 
 import jax
@@ -123,3 +124,38 @@ def reset_critics(agent: ActorCritic, key: jax.Array, cfg) -> ActorCritic:
                                        tx=critic.tx)
     critic = _copy(critic)
     return agent.replace(critic=critic, target_critic_params=_copy(critic.params))
+
+
+# ---------------------------------------------------------------------------------------
+# Registration: FQE-init (paper section 3.3), the method with FQE-fitted critics.
+# ---------------------------------------------------------------------------------------
+
+def _reset(members, key, cfg):
+    return reset_critics(members, key, cfg.agent)
+
+
+def _update(cfg):
+    return update
+
+
+def _check(cfg):
+    from o2o_jax import config_checks
+    from o2o_jax.agents import off2on
+    config_checks.positive_int(cfg, "fqe.steps")
+    off2on.check_sac_online(cfg)
+
+
+def _register():
+    from o2o_jax import algorithm
+    from o2o_jax.agents import off2on
+    algorithm.register(dataclasses.replace(
+        off2on.OFF2ON, name="fqe_init",
+        summary="FQE-init: off2on with the critics re-initialised after pretraining and "
+                "fitted to Q^pi of the pretrained policy (non-pessimistic)",
+        post_offline=algorithm.PostOffline(phase="fqe", label="FQE critics",
+                                           steps_field="fqe.steps", reset=_reset,
+                                           update=_update),
+        config_section=("fqe", default_config), check=_check))
+
+
+_register()

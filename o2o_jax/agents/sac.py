@@ -97,3 +97,53 @@ def update(agent: ActorCritic, batch, key: jax.Array,
     new_agent = ac.soft_update(new_agent)
     info = {**critic_info, **actor_info, "temperature_loss": temp_loss, "alpha": agent.alpha}
     return new_agent, info
+
+
+# ---------------------------------------------------------------------------------------
+# Methods whose online losses are plain SAC's: SAC from scratch, and SAC-ft.
+# ---------------------------------------------------------------------------------------
+
+def _check_sac(cfg) -> None:
+    from o2o_jax import config_checks
+    from o2o_jax.agents import off2on
+    config_checks.require(cfg, "offline.steps", cfg.offline.steps == 0,
+                          "must be 0 for algo 'sac' (SAC from scratch has no offline phase)")
+    config_checks.require(cfg, "online.replay", cfg.online.replay == "online_only",
+                          "must be 'online_only' for algo 'sac' (no offline data)")
+    off2on.check_sac_online(cfg)
+
+
+def _check_sac_ft(cfg) -> None:
+    from o2o_jax.agents import off2on
+    off2on.check_sac_online(cfg)
+
+
+def _sac(cfg):
+    return update
+
+
+def _cql(cfg):
+    from o2o_jax.agents import cql
+    return cql.update
+
+
+def _register():
+    from o2o_jax import algorithm
+    from o2o_jax.agents import ensemble
+    common = dict(create_members=ensemble.members_from_config, to_online=ensemble.to_online,
+                  online_update=_sac, act=ensemble.act, act_eval=ensemble.act_eval,
+                  q_value=ensemble.q_ens, members_act_eval=ensemble.members_policy_ensemble)
+    algorithm.register(algorithm.Algorithm(
+        name="sac", summary="SAC from scratch: no offline phase, no offline data",
+        offline_update=_sac,
+        preset={"offline.steps": 0, "online.replay": "online_only", "agent.num_members": 1},
+        check=_check_sac, **common))
+    algorithm.register(algorithm.Algorithm(
+        name="sac_ft", summary="SAC-ft: one CQL-pretrained agent, plain SAC online on uniform "
+                               "replay over offline + online data",
+        offline_update=_cql,
+        preset={"agent.num_members": 1, "online.replay": "uniform"},
+        check=_check_sac_ft, **common))
+
+
+_register()

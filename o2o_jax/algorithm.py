@@ -1,0 +1,117 @@
+"""The Algorithm interface and the registry of methods by name.
+
+An offline-to-online method is one `Algorithm`, built and registered in the file of its
+losses (`o2o_jax/agents/<method>.py`): everything the shared loops need to run it, and
+nothing of it anywhere else. No loop, config check or experiment script names a method;
+they look it up here by `cfg.algo`:
+
+    from o2o_jax import algorithm
+    algo = algorithm.get(cfg.algo)      # -> Algorithm
+    update = algo.offline_update(cfg)   # pure (member, batch, key) -> (member, info)
+
+Adding a method: write its losses and an `Algorithm(...)` in one file, `register` it, and
+add the module to `BUILTIN_MODULES` (or import it yourself before `get`, as a test or a
+user package does). Shapes of the pieces:
+
+* `create_members(key, obs_dim, act_dim, cfg)` -> N stacked members [N, ...]
+  (`agents.stacking.create`).
+* `offline_update(cfg)` -> `update(member, batch, key) -> (member, info)`, one member
+  (the offline loop vmaps it over members, and over seeds). The function returned must be
+  the same object for the same knobs (build it with `functools.lru_cache`): compiled
+  programs are cached by it.
+* `post_offline`: an optional second offline phase (`PostOffline`), e.g. FQE-init's critic
+  refit.
+* `to_online(members, cfg)` -> the online agent; `online_update(cfg)` -> its
+  `update(agent, batch, key) -> (agent, info)`.
+* `act(agent, obs, key)`, `act_eval(agent, obs)`: actions; `q_value(agent, obs, act)`:
+  the Q the AUROC analysis scores; `members_act_eval(members, obs)`: evaluation of the
+  offline members.
+* `config_section`: (name, default_config) of the method's own config section.
+* `preset`: the paper's settings of the method, dotted config overrides (`apply_preset`).
+* `check(cfg)`: the method's config rules (raise `config_checks.ConfigError`).
+* `progress_keys`: the info keys the progress line shows.
+"""
+import dataclasses
+import importlib
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+BUILTIN_MODULES = ("o2o_jax.agents.off2on", "o2o_jax.agents.sac", "o2o_jax.agents.cql",
+                   "o2o_jax.agents.awac", "o2o_jax.agents.bcq", "o2o_jax.agents.fqe")
+
+
+@dataclasses.dataclass(frozen=True)
+class PostOffline:
+    """A phase after pretraining: `reset(members [N, ...], key, cfg)` once, then `steps`
+    (a config field, dotted) updates of `update(cfg)` per member, logged as `phase`."""
+    phase: str
+    label: str
+    steps_field: str
+    reset: Callable
+    update: Callable
+
+
+@dataclasses.dataclass(frozen=True)
+class Algorithm:
+    name: str
+    summary: str
+    create_members: Callable
+    offline_update: Callable
+    to_online: Callable
+    online_update: Callable
+    act: Callable
+    act_eval: Callable
+    q_value: Callable
+    members_act_eval: Callable
+    post_offline: Optional[PostOffline] = None
+    config_section: Optional[Tuple[str, Callable]] = None
+    preset: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    check: Optional[Callable] = None
+    progress_keys: Tuple[str, ...] = ("critic_loss", "q_data")
+
+    def apply_preset(self, cfg):
+        """Set `cfg.algo` and the paper's settings of this method on `cfg` (in place)."""
+        cfg.algo = self.name
+        for dotted, value in self.preset.items():
+            node = cfg
+            *path, last = dotted.split(".")
+            for p in path:
+                node = node[p]
+            node[last] = value
+        return cfg
+
+
+_REGISTRY: Dict[str, Algorithm] = {}
+
+
+def register(algo: Algorithm) -> Algorithm:
+    """Add `algo` under its name (a second registration of a name replaces the first only
+    if it is the same object: two methods may not share a name)."""
+    old = _REGISTRY.get(algo.name)
+    if old is not None and old is not algo:
+        raise ValueError(f"an algorithm named {algo.name!r} is already registered "
+                         f"({old.summary!r}); pick another name")
+    _REGISTRY[algo.name] = algo
+    return algo
+
+
+def _load_builtins() -> None:
+    for module in BUILTIN_MODULES:
+        importlib.import_module(module)
+
+
+def names() -> List[str]:
+    _load_builtins()
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> Algorithm:
+    _load_builtins()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown algo {name!r}; registered: {sorted(_REGISTRY)} (set "
+                         "--config.algo, or import the module that registers yours)")
+    return _REGISTRY[name]
+
+
+def all_algorithms() -> List[Algorithm]:
+    _load_builtins()
+    return [_REGISTRY[n] for n in sorted(_REGISTRY)]
