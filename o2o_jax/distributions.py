@@ -59,10 +59,15 @@ def ensemble_moments(means: jax.Array, log_stds: jax.Array):
 
     mu_E = mean_i mu_i;  sigma_E^2 = mean_i (sigma_i^2 + mu_i^2) - mu_E^2, with sigma_E
     clamped to [e^-20, e^2]. Returns (mean_E, log_std_E). Differentiable in all members.
+
+    Computed as mean_i sigma_i^2 + mean_i (mu_i - mu_E)^2, the same quantity without the
+    cancellation of the textbook form: in float32, mean(sigma^2 + mu^2) - mu_E^2 loses
+    sigma^2 entirely when members agree on a large mean (mu = 5, sigma_i = e^-6: the
+    variance rounds to 0 and sigma_E clamps to e^-20).
     """
     mean_e = jnp.mean(means, axis=0)
-    second_moment = jnp.mean(jnp.exp(2.0 * log_stds) + means ** 2, axis=0)
-    var_e = jnp.maximum(second_moment - mean_e ** 2, 0.0)
+    var_e = (jnp.mean(jnp.exp(2.0 * log_stds), axis=0)
+             + jnp.mean((means - mean_e) ** 2, axis=0))
     # Clamp in log space; the floor also keeps log() finite where var_e rounds to 0.
     log_std_e = 0.5 * jnp.log(jnp.maximum(var_e, math.exp(2.0 * ENSEMBLE_LOG_STD_MIN)))
     return mean_e, jnp.clip(log_std_e, ENSEMBLE_LOG_STD_MIN, ENSEMBLE_LOG_STD_MAX)

@@ -64,3 +64,19 @@ def test_stable_log_det_matches_naive_formula():
     z = jnp.linspace(-5, 5, 101)[:, None]
     naive = np.log(1 - np.tanh(np.asarray(z, np.float64)) ** 2)[:, 0]
     np.testing.assert_allclose(dist.log_det_tanh_jacobian(z), naive, rtol=1e-5, atol=1e-5)
+
+
+def test_ensemble_std_keeps_its_precision_when_members_agree():
+    """mu = 5 for every member (+ tiny jitter), sigma_i = e^-5 and e^-6: the float32 std of
+    the mixture matches float64 to 1e-3. The textbook mean(sigma^2 + mu^2) - mu_E^2 was off
+    by 1.7% (worst 8%) at e^-5 and 21% (worst 100%, sigma clamped to e^-20) at e^-6."""
+    rng = np.random.default_rng(0)
+    for log_sigma in (-5.0, -6.0):
+        means = 5.0 + 1e-4 * rng.normal(size=(5, 512, 3))
+        log_stds = log_sigma + 0.1 * rng.normal(size=(5, 512, 3))
+        m32, l32 = (np.asarray(x, np.float32) for x in (means, log_stds))
+        want = np.sqrt(np.mean(np.exp(2 * l32.astype(np.float64)), 0)
+                       + np.var(m32.astype(np.float64), 0))
+        _, log_std_e = dist.ensemble_moments(jnp.asarray(m32), jnp.asarray(l32))
+        rel = np.abs(np.exp(np.asarray(log_std_e, np.float64)) / want - 1)
+        assert rel.max() < 1e-3, (log_sigma, np.median(rel), rel.max())
