@@ -111,8 +111,10 @@ def bench_agents(hidden, batch, members, steps, reps, peak):
             (f"CQL ensemble (N={members})", members, cql.update, 30)):
         cfg = agent_cfg(hidden)
         if update_fn is sac.update:
-            cfg.cql_weight, cfg.backup_entropy, cfg.bc_steps = 0.0, True, 0
-        m0 = ensemble.create_members(jax.random.PRNGKey(0), OBS, ACT, cfg, n)
+            cfg.backup_entropy = True
+            m0 = ensemble.create_members(jax.random.PRNGKey(0), OBS, ACT, cfg, n)
+        else:
+            m0 = cql.create_members(jax.random.PRNGKey(0), OBS, ACT, cfg, n)
         chunk = offline.make_train_chunk(steps, batch, update_fn)
         copy = lambda: (jax.tree_util.tree_map(jnp.copy, m0), data, jax.random.PRNGKey(1))
         compile_s, times = time_calls(chunk, copy, reps)

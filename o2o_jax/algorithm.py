@@ -35,8 +35,9 @@ import dataclasses
 import importlib
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-BUILTIN_MODULES = ("o2o_jax.agents.off2on", "o2o_jax.agents.sac", "o2o_jax.agents.cql",
-                   "o2o_jax.agents.awac", "o2o_jax.agents.bcq", "o2o_jax.agents.fqe")
+BUILTIN_MODULES = ("o2o_jax.agents.off2on", "o2o_jax.agents.sac", "o2o_jax.agents.sac_ft",
+                   "o2o_jax.agents.cql", "o2o_jax.agents.awac", "o2o_jax.agents.bcq",
+                   "o2o_jax.agents.fqe")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from o2o_jax.agents import cql
+from o2o_jax.agents import cql, stacking
 
 TRANSITION_KEYS = ("observations", "actions", "rewards", "next_observations", "dones")
 
@@ -30,7 +30,7 @@ def member_step(agent, data, key: jax.Array, batch_size: int, update_fn=cql.upda
 
 def members_step(members, data, key: jax.Array, batch_size: int, update_fn=cql.update):
     """All N members take one step, member i with key split(key, N)[i]."""
-    num_members = jax.tree_util.tree_leaves(members.actor.params)[0].shape[0]
+    num_members = stacking.num_stacked(members)
     keys = jax.random.split(key, num_members)
     step = functools.partial(member_step, batch_size=batch_size, update_fn=update_fn)
     return jax.vmap(step, in_axes=(0, None, 0))(members, data, keys)

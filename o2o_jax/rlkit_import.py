@@ -162,8 +162,8 @@ def check_config(agent_cfg) -> None:
 
 def import_members(source: str, members, obs_dim: int, act_dim: int, hidden_dims,
                    member_ids: Optional[Sequence[int]] = None, steps: Optional[int] = None):
-    """`members` ([N, ...] fresh stacked members, e.g. from `create_members`) with actor,
-    critic and target-critic parameters replaced by the files'. `member_ids`: which of the
+    """`members` ([N, ...] fresh stacked members, e.g. from `create_members`; actor-critics
+    or CQL agents) with actor, critic and target-critic parameters replaced by the files'. `member_ids`: which of the
     sorted member folders to take (default: all; their count must be N). Returns
     (members, provenance dict)."""
     found, steps = find_members(source, steps)
@@ -172,6 +172,7 @@ def import_members(source: str, members, obs_dim: int, act_dim: int, hidden_dims
     if bad:
         raise MemberFileError(f"member index {bad} out of range: {source!r} has {len(found)} "
                            f"members (seeds {[s for s, _ in found]}); use 0..{len(found) - 1}")
+    wrapper, members = members, getattr(members, "ac", members)   # CQL members: their .ac
     n = jax.tree_util.tree_leaves(members.actor.params)[0].shape[0]
     if len(ids) != n:
         raise MemberFileError(f"{len(ids)} members selected but the config has "
@@ -197,6 +198,8 @@ def import_members(source: str, members, obs_dim: int, act_dim: int, hidden_dims
         actor=members.actor.replace(params=actor_p),
         critic=members.critic.replace(params=critic_p),
         target_critic_params=jax.tree_util.tree_map(jnp.copy, critic_p))
+    if wrapper is not members and hasattr(wrapper, "ac"):
+        members = wrapper.replace(ac=members)
     provenance = {"source": os.path.abspath(source), "steps": steps,
                   "member_seeds": [found[i][0] for i in ids],
                   "files": [found[i][1] for i in ids]}

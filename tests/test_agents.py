@@ -72,7 +72,8 @@ def test_bc_warm_start_actor_loss(tiny_agent_cfg):
     tiny_agent_cfg.bc_steps = 5
     agent = perturb(ac.create(jax.random.PRNGKey(1), OBS, ACT, tiny_agent_cfg), 2)
     batch, key = make_batch(), jax.random.PRNGKey(3)
-    loss, _ = sac.actor_loss(agent.actor.params, agent, batch, key)
+    loss, _ = sac.actor_loss(agent.actor.params, agent, batch, key,
+                             bc_steps=tiny_agent_cfg.bc_steps)
     mean, log_std = ref.actor(agent.actor.params, batch["observations"])
     noise = np.asarray(jax.random.normal(key, mean.shape), np.float64)
     _, lp = ref.tanh_gaussian_sample(mean, log_std, noise)
@@ -89,9 +90,12 @@ def test_cql_critic_loss_matches_numpy(tiny_agent_cfg, lagrange):
     tiny_agent_cfg.cql_lagrange_init = 2.0
     tiny_agent_cfg.cql_n_actions = 3
     tiny_agent_cfg.cql_temp = 0.7
-    agent = perturb(ac.create(jax.random.PRNGKey(5), OBS, ACT, tiny_agent_cfg), 6)
+    state = cql.create(jax.random.PRNGKey(5), OBS, ACT, tiny_agent_cfg)
+    agent = perturb(state.ac, 6)
+    state = state.replace(ac=agent)
     batch, key = make_batch(1), jax.random.PRNGKey(7)
-    loss, info = sac.critic_loss(agent.critic.params, agent, batch, key, cql.penalty)
+    loss, info = sac.critic_loss(agent.critic.params, agent, batch, key,
+                                 cql.penalty_fn(state))
 
     k_target, k_pen = jax.random.split(key)
     y = np_td_target(agent, batch, k_target, math.exp(-0.7), False)
@@ -118,7 +122,7 @@ def test_cql_critic_loss_matches_numpy(tiny_agent_cfg, lagrange):
         per_q = 2.0 * (per_q - 10.0)
     np.testing.assert_allclose(loss, td + per_q.sum(), rtol=1e-4)
     if lagrange:
-        l_loss = cql.lagrange_loss(agent.cql_alpha.params, agent, jnp.asarray(gap, jnp.float32))
+        l_loss = cql.lagrange_loss(state.lagrange.params, state, jnp.asarray(gap, jnp.float32))
         np.testing.assert_allclose(l_loss, -0.5 * np.sum(2.0 * (5.0 * gap - 10.0)), rtol=1e-4)
 
 
@@ -187,7 +191,7 @@ def test_vmapped_members_equal_separate_single_member_updates(tiny_agent_cfg):
     tiny_agent_cfg.bc_steps = 1  # exercise the BC branch on step 0 too
     n, steps = 3, 2
     data = dataset()
-    members = ensemble.create_members(jax.random.PRNGKey(0), OBS, ACT, tiny_agent_cfg, n)
+    members = cql.create_members(jax.random.PRNGKey(0), OBS, ACT, tiny_agent_cfg, n)
     key = jax.random.PRNGKey(42)
     chunk = offline.make_train_chunk(steps, batch_size=8)
     vm, _ = chunk(jax.tree_util.tree_map(jnp.copy, members), data, key)
@@ -206,11 +210,11 @@ def test_to_ensemble_can_keep_each_members_adam_moments(tiny_agent_cfg):
     """fresh_optimizers=False: each member's Adam moments carry over, and the first online
     critic step is Adam from exactly those moments (NumPy reference), counted once."""
     n, steps = 2, 3
-    members = ensemble.create_members(jax.random.PRNGKey(0), OBS, ACT, tiny_agent_cfg, n)
+    members = cql.create_members(jax.random.PRNGKey(0), OBS, ACT, tiny_agent_cfg, n)
     members, _ = offline.make_train_chunk(steps, batch_size=8)(members, dataset(),
                                                                 jax.random.PRNGKey(1))
-    agent = ensemble.to_ensemble(members, fresh_optimizers=False, cql_weight=0.0,
-                                 backup_entropy=True, bc_steps=0)
+    members = members.ac          # the hand-over takes the members' actor-critics
+    agent = ensemble.to_ensemble(members, fresh_optimizers=False, backup_entropy=True)
     assert int(agent.critic.step) == steps and int(agent.actor.step) == steps
     batch, key = make_batch(), jax.random.PRNGKey(5)
     k_critic, _ = jax.random.split(key)
@@ -247,10 +251,10 @@ def test_members_differ_in_init_and_minibatches(tiny_agent_cfg):
 
 
 def _q_gap_after_training(cfg, data):
-    members = ensemble.create_members(jax.random.PRNGKey(0), OBS, ACT, cfg, 1)
+    members = cql.create_members(jax.random.PRNGKey(0), OBS, ACT, cfg, 1)
     members, _ = offline.make_train_chunk(300, batch_size=64)(members, data,
                                                               jax.random.PRNGKey(1))
-    agent = ensemble.member(members, 0)
+    agent = ensemble.member(members, 0).ac
     q = lambda a: ac.conservative_q(agent, ac.q_values(agent, agent.critic.params,
                                                        data["observations"], a))
     rand = jax.random.uniform(jax.random.PRNGKey(2), data["actions"].shape, minval=-1, maxval=1)

@@ -164,12 +164,13 @@ def test_online_optimizers_use_the_online_learning_rates(fresh):
     cfg.online.fresh_optimizers = fresh
     cfg.online.critic_lr = 2e-4     # a value of its own, to tell the three apart
     assert cfg.agent.actor_lr == 1e-4 and cfg.agent.temp_lr == 1e-4
-    members = ensemble.create_members(jax.random.PRNGKey(0), OBS, ACT, cfg.agent, 3)
-    np.testing.assert_allclose(first_adam_step(ensemble.member(members, 0).actor), 1e-4,
+    from o2o_jax.agents import cql
+    members = cql.create_members(jax.random.PRNGKey(0), OBS, ACT, cfg.agent, 3)
+    np.testing.assert_allclose(first_adam_step(ensemble.member(members, 0).ac.actor), 1e-4,
                                rtol=1e-3)
     via_algo = algorithm.get(cfg.algo).to_online(members, cfg)
-    via_init = online.init_state(members, offline_data(), jax.random.PRNGKey(1), cfg.online,
-                                 OBS, ACT).agent
+    via_init = online.init_state(members.ac, offline_data(), jax.random.PRNGKey(1),
+                                 cfg.online, OBS, ACT).agent
     for agent in (via_algo, via_init):
         for train_state, lr in ((agent.actor, 3e-4), (agent.critic, 2e-4),
                                 (agent.temp, 3e-4)):

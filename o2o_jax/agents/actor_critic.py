@@ -1,8 +1,8 @@
 """The actor-critic state shared by every SAC-family agent (SAC, CQL, the online ensemble).
 
 `ActorCritic` is a frozen pytree (rlpd style): train states for actor, twin critics and
-temperature, target critic parameters, the CQL Lagrange multiplier, and static
-hyperparameters as `pytree_node=False` fields.
+temperature, target critic parameters, and the shared static hyperparameters as
+`pytree_node=False` fields. A method's own knobs are not here: CQL's live in `cql.CQL`.
 
 Two shapes of the same state:
 * a single agent (`members == 0`): unstacked parameters. N independent offline CQL members
@@ -33,19 +33,13 @@ class ActorCritic(struct.PyTreeNode):
     critic: TrainState
     target_critic_params: Params
     temp: TrainState              # log-temperature alpha (networks.Temperature)
-    cql_alpha: TrainState         # CQL Lagrange multiplier alpha' (used iff cql_lagrange)
-    # --- static hyperparameters ---
+    # --- static hyperparameters (what every actor-critic method shares; a method's own
+    # knobs live in its own state, e.g. cql.CQL) ---
     members: int = struct.field(pytree_node=False, default=0)
     discount: float = struct.field(pytree_node=False, default=0.99)
     tau: float = struct.field(pytree_node=False, default=5e-3)
     target_entropy: float = struct.field(pytree_node=False, default=-1.0)
     backup_entropy: bool = struct.field(pytree_node=False, default=True)
-    cql_weight: float = struct.field(pytree_node=False, default=0.0)    # alpha_cql; 0 = SAC
-    cql_n_actions: int = struct.field(pytree_node=False, default=10)
-    cql_temp: float = struct.field(pytree_node=False, default=1.0)
-    cql_lagrange: bool = struct.field(pytree_node=False, default=False)
-    cql_target_action_gap: float = struct.field(pytree_node=False, default=10.0)
-    bc_steps: int = struct.field(pytree_node=False, default=0)         # policy_eval_start
 
     @property
     def alpha(self) -> jax.Array:
@@ -69,8 +63,6 @@ def create(key: jax.Array, obs_dim: int, act_dim: int, cfg) -> ActorCritic:
     actor_params = actor_def.init(k_actor, obs)["params"]
     critic_params = critic_def.init(k_critic, obs, act)["params"]
     temp_def = networks.make(networks.Temperature, initial_value=float(cfg.init_temperature))
-    cql_alpha_def = networks.make(networks.Temperature,
-                                  initial_value=float(cfg.cql_lagrange_init))
     target_entropy = (-float(act_dim) if cfg.target_entropy is None
                       else float(cfg.target_entropy))
     return ActorCritic(
@@ -83,20 +75,11 @@ def create(key: jax.Array, obs_dim: int, act_dim: int, cfg) -> ActorCritic:
         temp=TrainState.create(apply_fn=temp_def.apply,
                                params=temp_def.init(jax.random.PRNGKey(0))["params"],
                                tx=optim.adam(cfg.temp_lr)),
-        cql_alpha=TrainState.create(apply_fn=cql_alpha_def.apply,
-                                    params=cql_alpha_def.init(jax.random.PRNGKey(0))["params"],
-                                    tx=optim.adam(cfg.cql_lagrange_lr)),
         members=0,
         discount=float(cfg.discount),
         tau=float(cfg.tau),
         target_entropy=target_entropy,
         backup_entropy=bool(cfg.backup_entropy),
-        cql_weight=float(cfg.cql_weight),
-        cql_n_actions=int(cfg.cql_n_actions),
-        cql_temp=float(cfg.cql_temp),
-        cql_lagrange=bool(cfg.cql_lagrange),
-        cql_target_action_gap=float(cfg.cql_target_action_gap),
-        bc_steps=int(cfg.bc_steps),
     )
 
 

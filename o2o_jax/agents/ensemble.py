@@ -84,12 +84,11 @@ def to_ensemble(members: ActorCritic, *, reset_temperature: bool = True,
 
 def to_online(members: ActorCritic, cfg, **overrides) -> ActorCritic:
     """The hand-over of every actor-critic method, from the experiment config's `online`
-    section (reset alpha, fresh optimizers at the online learning rates, the SAC-ft rule
-    cql_weight = online.cql_weight, entropy backup, no BC); `overrides` replace static
-    fields (AWAC: backup_entropy=False)."""
+    section (reset alpha, fresh optimizers at the online learning rates, entropy backup as
+    online.backup_entropy); `overrides` replace static fields (AWAC:
+    backup_entropy=False)."""
     oc = cfg.online
-    hparams = dict(cql_weight=float(oc.cql_weight), backup_entropy=bool(oc.backup_entropy),
-                   bc_steps=0)
+    hparams = dict(backup_entropy=bool(oc.backup_entropy))
     hparams.update(overrides)
     return to_ensemble(members, reset_temperature=oc.reset_temperature,
                        init_temperature=oc.init_temperature,

@@ -40,8 +40,9 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def _evaluation_agent(agent: ActorCritic) -> ActorCritic:
-    """The agent as FQE sees it: deterministic backup, no CQL penalty."""
-    return agent.replace(backup_entropy=False, cql_weight=0.0)
+    """The agent as FQE sees it: deterministic backup (and no penalty: sac.critic_loss is
+    called without one)."""
+    return agent.replace(backup_entropy=False)
 
 
 def td_targets(agent: ActorCritic, batch, key: jax.Array) -> jax.Array:
@@ -131,11 +132,17 @@ def reset_critics(agent: ActorCritic, key: jax.Array, cfg) -> ActorCritic:
 # ---------------------------------------------------------------------------------------
 
 def _reset(members, key, cfg):
-    return reset_critics(members, key, cfg.agent)
+    """FQE-init's members are CQL members: refit their actor-critics' critics."""
+    return members.replace(ac=reset_critics(members.ac, key, cfg.agent))
+
+
+def _update_cql_member(state, batch, key):
+    new_ac, info = update(state.ac, batch, key)
+    return state.replace(ac=new_ac), info
 
 
 def _update(cfg):
-    return update
+    return _update_cql_member
 
 
 def _check(cfg):

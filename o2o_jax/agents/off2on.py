@@ -32,14 +32,14 @@ def _sac(cfg):
 OFF2ON = algorithm.register(algorithm.Algorithm(
     name="off2on",
     summary="N CQL members; online, the moment-matched ensemble with SAC on balanced replay",
-    create_members=ensemble.members_from_config,
+    create_members=cql.members_from_config,
     offline_update=_cql,
-    to_online=ensemble.to_online,
+    to_online=cql.to_ensemble_agent,
     online_update=_sac,
     act=ensemble.act,
     act_eval=ensemble.act_eval,
     q_value=ensemble.q_ens,
-    members_act_eval=ensemble.members_policy_ensemble,
+    members_act_eval=cql.members_act_eval,
     preset={},            # the base config is the method's paper setting
     check=check_sac_online,
 ))

@@ -7,7 +7,8 @@ Written once for a single agent and for an ensemble agent (see `actor_critic.py`
   its own target pair (spec section 3).
 * actor: mean_b [alpha log pi(a~|s) - Q(s, a~)], a~ reparameterised, Q = conservative_q
   (min of twins; ensemble: mean over members of each member's min). During the first
-  `bc_steps` updates the actor does behaviour cloning: alpha log pi(a~|s) - log pi(a_data|s).
+  `bc_steps` updates (an argument: CQL's warm start) the actor does behaviour cloning:
+  alpha log pi(a~|s) - log pi(a_data|s).
 * temperature: -log(alpha) * mean(log pi + target_entropy).
 
 All three gradients are taken at the pre-update parameters, then applied together.
@@ -57,16 +58,16 @@ def critic_loss(critic_params, agent: ActorCritic, batch, key: jax.Array,
     return loss, info
 
 
-def actor_loss(actor_params, agent: ActorCritic, batch, key: jax.Array):
+def actor_loss(actor_params, agent: ActorCritic, batch, key: jax.Array, bc_steps: int = 0):
     mean, log_std = ac.policy(agent, actor_params, batch["observations"])
     actions, log_probs = dist.sample(key, mean, log_std)
     q = ac.conservative_q(agent, ac.q_values(agent, agent.critic.params,
                                              batch["observations"], actions))
     alpha = jax.lax.stop_gradient(agent.alpha)
     per_sample = alpha * log_probs - q
-    if agent.bc_steps > 0:
+    if bc_steps > 0:
         bc = alpha * log_probs - dist.log_prob(mean, log_std, batch["actions"])
-        per_sample = jnp.where(agent.critic.step < agent.bc_steps, bc, per_sample)
+        per_sample = jnp.where(agent.critic.step < bc_steps, bc, per_sample)
     loss = jnp.mean(per_sample)
     return loss, {"actor_loss": loss, "entropy": -jnp.mean(log_probs), "q_pi": jnp.mean(q),
                   "log_probs": log_probs}
@@ -78,14 +79,18 @@ def temperature_loss(temp_params, agent: ActorCritic, log_probs: jax.Array):
 
 
 def update(agent: ActorCritic, batch, key: jax.Array,
-           penalty_fn: Optional[PenaltyFn] = None):
-    """One SAC(-family) gradient step: (agent, batch, key) -> (agent, info)."""
+           penalty_fn: Optional[PenaltyFn] = None, bc_steps: int = 0):
+    """One SAC(-family) gradient step: (agent, batch, key) -> (agent, info).
+
+    `penalty_fn` is added to the critic loss (CQL's); during the first `bc_steps` updates
+    (counted by the critic's step) the actor clones the data actions instead (CQL's warm
+    start). Both are static."""
     k_critic, k_actor = jax.random.split(key)
     loss_fn = functools.partial(critic_loss, penalty_fn=penalty_fn)
     (_, critic_info), critic_grads = jax.value_and_grad(loss_fn, has_aux=True)(
         agent.critic.params, agent, batch, k_critic)
     (_, actor_info), actor_grads = jax.value_and_grad(actor_loss, has_aux=True)(
-        agent.actor.params, agent, batch, k_actor)
+        agent.actor.params, agent, batch, k_actor, bc_steps)
     log_probs = actor_info.pop("log_probs")
     temp_loss, temp_grads = jax.value_and_grad(temperature_loss)(agent.temp.params, agent,
                                                                  log_probs)
@@ -100,7 +105,7 @@ def update(agent: ActorCritic, batch, key: jax.Array,
 
 
 # ---------------------------------------------------------------------------------------
-# Methods whose online losses are plain SAC's: SAC from scratch, and SAC-ft.
+# SAC from scratch (SAC-ft, CQL members fine-tuned by SAC, is agents/sac_ft.py).
 # ---------------------------------------------------------------------------------------
 
 def _check_sac(cfg) -> None:
@@ -113,37 +118,21 @@ def _check_sac(cfg) -> None:
     off2on.check_sac_online(cfg)
 
 
-def _check_sac_ft(cfg) -> None:
-    from o2o_jax.agents import off2on
-    off2on.check_sac_online(cfg)
-
-
 def _sac(cfg):
     return update
-
-
-def _cql(cfg):
-    from o2o_jax.agents import cql
-    return cql.update
 
 
 def _register():
     from o2o_jax import algorithm
     from o2o_jax.agents import ensemble
-    common = dict(create_members=ensemble.members_from_config, to_online=ensemble.to_online,
-                  online_update=_sac, act=ensemble.act, act_eval=ensemble.act_eval,
-                  q_value=ensemble.q_ens, members_act_eval=ensemble.members_policy_ensemble)
     algorithm.register(algorithm.Algorithm(
         name="sac", summary="SAC from scratch: no offline phase, no offline data",
-        offline_update=_sac,
+        create_members=ensemble.members_from_config, offline_update=_sac,
+        to_online=ensemble.to_online, online_update=_sac, act=ensemble.act,
+        act_eval=ensemble.act_eval, q_value=ensemble.q_ens,
+        members_act_eval=ensemble.members_policy_ensemble,
         preset={"offline.steps": 0, "online.replay": "online_only", "agent.num_members": 1},
-        check=_check_sac, **common))
-    algorithm.register(algorithm.Algorithm(
-        name="sac_ft", summary="SAC-ft: one CQL-pretrained agent, plain SAC online on uniform "
-                               "replay over offline + online data",
-        offline_update=_cql,
-        preset={"agent.num_members": 1, "online.replay": "uniform"},
-        check=_check_sac_ft, **common))
+        check=_check_sac))
 
 
 _register()

@@ -25,12 +25,8 @@ def create(make_one: Callable, key: jax.Array, num_members: int):
 
 
 def num_stacked(members) -> int:
-    """N of a stacked set: the leading dim of its actor's parameters (of its first leaf for
-    a state without an actor). Also right for an ensemble agent, whose parameters are
-    stacked while its optimizer counters are not."""
-    actor = getattr(members, "actor", None)
-    tree = actor.params if actor is not None else members
-    return jax.tree_util.tree_leaves(tree)[0].shape[0]
+    """N of a stacked set: the leading dim of its leaves (all of them carry it)."""
+    return jax.tree_util.tree_leaves(members)[0].shape[0]
 
 
 def member(members, i: int):
