@@ -51,7 +51,6 @@ def main(argv):
     import numpy as np
     from configs import variants
     from o2o_jax import algorithm, checkpoints, pipeline, rlkit_import
-    from o2o_jax.agents import ensemble
 
     for name, flag in (("--source", _SOURCE), ("--env", _ENV), ("--out", _OUT)):
         if flag.value is None:
@@ -85,7 +84,7 @@ def main(argv):
     print(f"wrote {_OUT.value} (fine-tune with --config.online.load_offline_from="
           f"{_OUT.value} and agent.num_members={cfg.agent.num_members})")
     if _EVAL.value > 0:
-        policy = jax.jit(ensemble.members_policy_ensemble)
+        policy = jax.jit(algorithm.get(cfg.algo).members_act_eval)
         first = jax.tree_util.tree_map(lambda x: x[:1], members)
         results = {}
         for label, m in (("ensemble (mean-action moment-matched policy)", members),

@@ -136,10 +136,13 @@ def test_imported_members_fine_tune_through_experiments_train(minari_root, tmp_p
     env = {**os.environ, "MINARI_DATASETS_PATH": minari_root}
     cmd = [sys.executable, "-m", "experiments.import_members", f"--source={tmp_path / 'src'}",
            "--env=hopper", f"--out={out}", "--config=configs/hopper_medium.py:quick",
-           "--config.agent.hidden_dims=(8, 8)", "--eval_episodes=0"]
+           "--config.agent.hidden_dims=(8, 8)", "--eval_episodes=1"]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert checkpoints.read_meta(out)["imported"]["member_seeds"] == [0, 4]
+    with open(os.path.join(out, "import_eval.json")) as f:
+        evals = json.load(f)
+    assert len(evals) == 2 and all(len(v) == 1 for v in evals.values())
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "--force" in r.stderr      # no silent overwrite
 
