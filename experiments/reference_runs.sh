@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The runs behind RESULTS.md's "Fine-tuning the authors' members" section: our online
+# phase from the Off2OnRL authors' 5 halfcheetah-medium CQL members, beside a public rerun
+# of their code, with its controls. Heavy (hours on a 2-core CPU): run it in the
+# background; every step is checkpointed, and running the script again skips what is done
+# and resumes what is not (one job at a time).
+#
+#   MEMBERS_SRC=<folder of the authors' *_seed*/ member folders> \
+#   REFERENCE_CSV=<the rerun's progress.csv> OUT=runs/reference \
+#       bash experiments/reference_runs.sh [all|main|controls|figure]
+#
+# The authors' files are not part of this project (see shared/reference/README.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SRC=${MEMBERS_SRC:?set MEMBERS_SRC to the folder holding the authors member folders}
+OUT=${OUT:-runs/reference}
+WHAT=${1:-all}
+mkdir -p "$OUT"
+
+# 1. The members, as our checkpoints (all 5, and member 0 alone for the N = 1 controls).
+[ -f "$OUT/members5/meta.json" ] || python -m experiments.import_members \
+    --source="$SRC" --env=halfcheetah --out="$OUT/members5" --eval_episodes=5
+[ -f "$OUT/members1/meta.json" ] || python -m experiments.import_members \
+    --source="$SRC" --env=halfcheetah --out="$OUT/members1" --members=0 --eval_episodes=5
+
+# 2. The two offline sets replayed beside them: (a) our recipe's halfcheetah-medium (built
+# if missing, ~15 min), (b) 1M transitions of the members' own stochastic ensemble policy.
+python -m experiments.make_dataset --env=halfcheetah --members="$OUT/members5" \
+    --dataset_id=o2o/halfcheetah/authors-members-v0 --num_envs=16
+python -m experiments.make_dataset --env=halfcheetah --kind=medium
+
+train() {   # train <run name> <overrides...>: skips a finished run, resumes an unfinished one
+    local name=$1; shift
+    [ -f "$OUT/$name/summary.json" ] && { echo "done: $OUT/$name"; return; }
+    python -m experiments.train --config=configs/halfcheetah_medium.py:"${VARIANT:-reference}" \
+        --config.run_dir="$OUT" --config.run_name="$name" "$@"
+}
+MEMBERS_DATA=--config.dataset.id=o2o/halfcheetah/authors-members-v0
+OUR_DATA=--config.dataset.id=o2o/halfcheetah/medium-v0
+
+if [ "$WHAT" = all ] || [ "$WHAT" = main ]; then
+  # 250 epochs, 2 online seeds from the same members, each offline set.
+  train off2on_members_data --config.num_seeds=2 "$MEMBERS_DATA" \
+      --config.online.load_offline_from="$OUT/members5"
+  train off2on_our_data --config.num_seeds=2 "$OUR_DATA" \
+      --config.online.load_offline_from="$OUT/members5"
+fi
+if [ "$WHAT" = all ] || [ "$WHAT" = controls ]; then
+  # Controls from the same members, 100 epochs, on the members' data.
+  VARIANT=reference,sac_ft train sac_ft_member0 "$MEMBERS_DATA" --config.online.epochs=100 \
+      --config.online.load_offline_from="$OUT/members1"
+  train off2on_uniform "$MEMBERS_DATA" --config.online.epochs=100 \
+      --config.online.replay=uniform --config.online.load_offline_from="$OUT/members5"
+  train off2on_online_only "$MEMBERS_DATA" --config.online.epochs=100 \
+      --config.online.replay=online_only --config.online.load_offline_from="$OUT/members5"
+  train off2on_n1_member0 "$MEMBERS_DATA" --config.online.epochs=100 \
+      --config.agent.num_members=1 --config.online.load_offline_from="$OUT/members1"
+fi
+if [ "$WHAT" = all ] || [ "$WHAT" = figure ]; then
+  runs=(); labels=()
+  for r in off2on_members_data off2on_our_data sac_ft_member0 off2on_uniform \
+           off2on_online_only off2on_n1_member0; do
+    [ -f "$OUT/$r/metrics.csv" ] && { runs+=("$OUT/$r"); labels+=(--label="$r"); }
+  done
+  python -m experiments.reference_curve --reference="${REFERENCE_CSV:?set REFERENCE_CSV}" \
+      --runs "${runs[@]}" "${labels[@]}" --out=docs/figures/reference
+fi
