@@ -8,34 +8,10 @@ import ml_collections
 
 
 def get_agent_config() -> ml_collections.ConfigDict:
-    """Networks, optimisers and loss knobs shared by every SAC-family agent."""
-    c = ml_collections.ConfigDict()
-    c.num_members = 5            # N: ensemble size
-    c.hidden_dims = (256, 256)
-    c.activation = "relu"
-    c.actor_layer_norm = False
-    c.critic_layer_norm = False
-    c.log_std_min = -20.0        # official CQL code: -5
-    c.log_std_max = 2.0
-    c.mean_clip = ml_collections.config_dict.placeholder(float)   # official CQL code: 9.0
-    c.actor_lr = 1e-4
-    c.critic_lr = 3e-4
-    c.temp_lr = 1e-4             # = policy lr
-    c.init_temperature = 1.0
-    c.target_entropy = ml_collections.config_dict.placeholder(float)  # None: -|A|
-    c.discount = 0.99
-    c.tau = 5e-3
-    # CQL (offline). cql_weight is alpha_cql; 0 turns the penalty off (plain SAC).
-    c.backup_entropy = False     # CQL reference: deterministic backup offline
-    c.cql_weight = 5.0
-    c.cql_n_actions = 10
-    c.cql_temp = 1.0
-    c.cql_lagrange = False
-    c.cql_target_action_gap = 10.0
-    c.cql_lagrange_init = 1.0
-    c.cql_lagrange_lr = 3e-4
-    c.bc_steps = 40_000          # policy_eval_start: BC warm start of the actor
-    return c
+    """Networks, optimisers and loss knobs shared by every SAC-family agent (the defaults
+    live with the agent: o2o_jax/agents/actor_critic.py `default_config`)."""
+    from o2o_jax.agents import actor_critic
+    return actor_critic.default_config()
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -15,13 +15,14 @@ import platform  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import base  # noqa: E402
-from o2o_jax import flops, offline  # noqa: E402
+from experiments import flops  # noqa: E402
+from o2o_jax import offline  # noqa: E402
 from o2o_jax.logging import format_seconds  # noqa: E402
 from o2o_jax.agents import cql, ensemble, sac  # noqa: E402
 
@@ -280,7 +281,7 @@ def main(argv):
     if "seeds" in FLAGS.value:
         bench_seeds(hidden, batch, _MEMBERS.value, steps, reps)
     if "buffer" in FLAGS.value:
-        from o2o_jax.replay import benchmark as replay_bench
+        from experiments import bench_buffer as replay_bench
         r = replay_bench.time_buffer_ops(capacity=_BUFFER_SIZE.value, batch_size=batch)
         print(f"\n## Prioritized buffer ({_BUFFER_SIZE.value} leaves, batch {batch})")
         for k, v in r.items():

@@ -122,10 +122,10 @@ def flag_definitions(name: str):
     try:
         yield
     except Exception as exc:  # noqa: BLE001
-        err = FlagError(exc.args[0] if exc.args else exc)
+        err, cause = FlagError(exc.args[0] if exc.args else exc), exc
 
         def raise_it():
-            raise err from exc
+            raise err from cause
 
         _guarded(raise_it, name)
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from o2o_jax.agents import cql, stacking
 
-TRANSITION_KEYS = ("observations", "actions", "rewards", "next_observations", "dones")
+from o2o_jax.transitions import TRANSITION_KEYS
 
 
 def sample_batch(data, key: jax.Array, batch_size: int):

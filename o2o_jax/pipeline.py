@@ -33,6 +33,7 @@ from o2o_jax import (algorithm, checkpoints, config_checks, distributed, envs, f
                      online, stats)
 from o2o_jax.logging import Progress, RunDir, to_scalar
 from o2o_jax.replay import buffers
+from o2o_jax.transitions import TRANSITION_KEYS
 
 # Env seeds of seed s: collection envs 30_000 + s; eval episode e: base + 1_000 s + e.
 OFFLINE_EVAL_SEED, ONLINE_EVAL_SEED, COLLECT_SEED = 10_000, 20_000, 30_000
@@ -172,7 +173,7 @@ def load_dataset(cfg, obs_dim: int, act_dim: int):
 
 
 def device_arrays(dataset):
-    return {k: jnp.asarray(dataset.arrays[k], jnp.float32) for k in offline.TRANSITION_KEYS}
+    return {k: jnp.asarray(dataset.arrays[k], jnp.float32) for k in TRANSITION_KEYS}
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -454,7 +455,7 @@ def finetune(ctx: Context, state, key, start_epoch: int = 0, resume_meta=None,
             for s in np.flatnonzero(env.episode_length == 0):   # episodes that just ended
                 recent[s] = (recent[s] + [float(env.last_returns[s])])[-10:]
         new = {k: jnp.asarray(np.stack([t[k] for t in steps], axis=1))
-               for k in offline.TRANSITION_KEYS}
+               for k in TRANSITION_KEYS}
         state = state.replace(replay=_add_online(state.replay, new))
         auroc = distributed.to_host(q_auroc(state.agent, new["observations"], new["actions"],
                                             k_auc))

@@ -1,7 +1,14 @@
-"""Small data makers and statistics shared by the tests."""
+"""Small data makers, tiny run configs and statistics shared by the tests."""
+import csv
+import os
+
 import jax.numpy as jnp
 import numpy as np
 from scipy import stats
+
+from configs import hopper_medium
+
+OBS, ACT = 11, 3   # hopper
 
 
 def random_batch(seed: int, b: int, obs_dim: int, act_dim: int, dones: str = "random"):
@@ -27,3 +34,58 @@ def pooled_chisquare(counts: np.ndarray, probs: np.ndarray, min_expected: float 
     if exp[-1] == 0:
         obs, exp = obs[:-1], exp[:-1]
     return stats.chisquare(obs, exp)
+
+
+# ------------------------------------------------------------------ tiny runs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(run_dir, name, **overrides):
+    c = hopper_medium.get_config("quick")
+    c.dataset.kind = "random"
+    c.dataset.build_transitions = 1500
+    c.agent.hidden_dims = (8, 8)
+    c.agent.num_members = 2
+    c.agent.bc_steps = 5
+    c.offline.update(steps=40, chunk=20, eval_interval=20, eval_episodes=1, batch_size=32)
+    c.online.update(epochs=3, env_steps_per_epoch=40, updates_per_epoch=10,
+                    first_epoch_multiplier=2, eval_episodes=1, batch_size=32,
+                    dr_batch_size=32, dr_hidden_dims=(8, 8))
+    c.checkpoint.update(every_offline_steps=20, every_online_epochs=1, keep=2)
+    c.run_dir, c.run_name = str(run_dir), name
+    for k, v in overrides.items():
+        node = c
+        *path, last = k.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = v
+    return c
+
+
+def read_rows(path):
+    with open(os.path.join(path, "metrics.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def numeric_rows(rows, drop=("wall_time",)):
+    return [{k: v for k, v in r.items() if k not in drop} for r in rows]
+
+
+# ------------------------------------------------------------------ scripted episodes
+
+def scripted_episode(e: int, length: int, end: str, obs_dim=OBS, act_dim=ACT):
+    """Episode `e`: every value encodes (episode, step), exactly representable in float32.
+
+    observations[t] = 100 e + t + 0.25 j (j = feature), actions = -(e + 0.125 t), rewards
+    = e + 0.5 t; `end` is 'terminal', 'truncated' or 'cut' (truncated by the data budget).
+    """
+    t = np.arange(length + 1, dtype=np.float64)
+    obs = 100.0 * e + t[:, None] + 0.25 * np.arange(obs_dim)[None, :]
+    acts = -(e + 0.125 * np.arange(length, dtype=np.float64))[:, None] * np.ones(act_dim) / 8
+    rews = e + 0.5 * np.arange(length, dtype=np.float64)
+    terms = np.zeros(length, bool)
+    truncs = np.zeros(length, bool)
+    (terms if end == "terminal" else truncs)[-1] = True
+    return {"observations": obs, "actions": acts, "rewards": rews, "terminations": terms,
+            "truncations": truncs}

@@ -15,7 +15,7 @@ from o2o_jax import algorithm, config_checks, pipeline
 from o2o_jax.agents import actor_critic as ac
 from o2o_jax.agents import ensemble
 from o2o_jax import distributions as dist
-from tests.test_pipeline import read_rows, tiny_config
+from tests.helpers import read_rows, tiny_config
 
 
 # ------------------------------------------------------------------ the toy method's file

@@ -271,7 +271,7 @@ def test_jit_with_donated_state(offline):
 
 
 def test_benchmark_smoke():
-    from o2o_jax.replay.benchmark import time_buffer_ops
+    from experiments.bench_buffer import time_buffer_ops
     out = time_buffer_ops(capacity=1024, batch_size=32, reps=2, drift_rounds=20)
     for name in ("tree_sample_s", "tree_set_priorities_s", "replay_sample_s",
                  "replay_set_priorities_s"):

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from tests.test_pipeline import ROOT
+from tests.helpers import ROOT
 
 TINY = ["--config.dataset.kind=random", "--config.dataset.build_transitions=1500",
         "--config.agent.hidden_dims=(8,8)", "--config.agent.num_members=2",

@@ -28,21 +28,7 @@ def root(tmp_path, monkeypatch):
     return tmp_path / "minari"
 
 
-def scripted_episode(e: int, length: int, end: str, obs_dim=OBS, act_dim=ACT):
-    """Episode `e`: every value encodes (episode, step), exactly representable in float32.
-
-    observations[t] = 100 e + t + 0.25 j (j = feature), actions = -(e + 0.125 t), rewards
-    = e + 0.5 t; `end` is 'terminal', 'truncated' or 'cut' (truncated by the data budget).
-    """
-    t = np.arange(length + 1, dtype=np.float64)
-    obs = 100.0 * e + t[:, None] + 0.25 * np.arange(obs_dim)[None, :]
-    acts = -(e + 0.125 * np.arange(length, dtype=np.float64))[:, None] * np.ones(act_dim) / 8
-    rews = e + 0.5 * np.arange(length, dtype=np.float64)
-    terms = np.zeros(length, bool)
-    truncs = np.zeros(length, bool)
-    (terms if end == "terminal" else truncs)[-1] = True
-    return {"observations": obs, "actions": acts, "rewards": rews, "terminations": terms,
-            "truncations": truncs}
+from tests.helpers import scripted_episode  # noqa: E402
 
 
 EPISODES = [(1, 3, "terminal"), (2, 4, "truncated"), (3, 1, "terminal"), (4, 2, "cut")]
@@ -261,7 +247,7 @@ def test_killed_build_leaves_nothing_that_loads(root):
 import time, numpy as np
 from o2o_jax import envs
 from o2o_jax.data import store
-from tests.test_data import scripted_episode
+from tests.helpers import scripted_episode
 def eps():
     for e in range(1000):
         if e == 2:

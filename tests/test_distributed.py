@@ -10,13 +10,13 @@ import sys
 import numpy as np
 
 from o2o_jax import pipeline
-from tests.test_pipeline import ROOT, numeric_rows, read_rows, tiny_config
+from tests.helpers import ROOT, numeric_rows, read_rows, tiny_config
 
 SCRIPT = r"""
 import json, os, sys
 sys.path.insert(0, {root!r})
 os.environ["MINARI_DATASETS_PATH"] = {minari!r}
-from tests.test_pipeline import tiny_config, read_rows
+from tests.helpers import tiny_config, read_rows
 from o2o_jax import pipeline
 pid, port = int(sys.argv[1]), sys.argv[2]
 if pid == 1:   # the non-primary process must not write into the run directory

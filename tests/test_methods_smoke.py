@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from o2o_jax import algorithm, pipeline
-from tests.test_pipeline import read_rows, tiny_config
+from tests.helpers import read_rows, tiny_config
 
 
 @pytest.mark.parametrize("method", sorted(set(algorithm.names()) - {"off2on"}))

@@ -1,6 +1,5 @@
 """End-to-end runs of experiments.train on a tiny dataset: replay modes, vmapped seeds,
 kill-and-resume, refused checkpoints, sharding. Tiny networks and few steps throughout."""
-import csv
 import json
 import os
 import subprocess
@@ -10,41 +9,9 @@ import jax
 import numpy as np
 import pytest
 
-from configs import hopper_medium
 from o2o_jax import checkpoints, pipeline
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_config(run_dir, name, **overrides):
-    c = hopper_medium.get_config("quick")
-    c.dataset.kind = "random"
-    c.dataset.build_transitions = 1500
-    c.agent.hidden_dims = (8, 8)
-    c.agent.num_members = 2
-    c.agent.bc_steps = 5
-    c.offline.update(steps=40, chunk=20, eval_interval=20, eval_episodes=1, batch_size=32)
-    c.online.update(epochs=3, env_steps_per_epoch=40, updates_per_epoch=10,
-                    first_epoch_multiplier=2, eval_episodes=1, batch_size=32,
-                    dr_batch_size=32, dr_hidden_dims=(8, 8))
-    c.checkpoint.update(every_offline_steps=20, every_online_epochs=1, keep=2)
-    c.run_dir, c.run_name = str(run_dir), name
-    for k, v in overrides.items():
-        node = c
-        *path, last = k.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = v
-    return c
-
-
-def read_rows(path):
-    with open(os.path.join(path, "metrics.csv")) as f:
-        return list(csv.DictReader(f))
-
-
-def numeric_rows(rows, drop=("wall_time",)):
-    return [{k: v for k, v in r.items() if k not in drop} for r in rows]
+from tests.helpers import ROOT, numeric_rows, read_rows, tiny_config  # noqa: E402
 
 
 @pytest.mark.parametrize("replay", ["balanced", "uniform", "online_only"])
@@ -246,7 +213,7 @@ import json, os, sys
 sys.path.insert(0, {root!r})
 os.environ["MINARI_DATASETS_PATH"] = {minari!r}
 import jax
-from tests.test_pipeline import tiny_config
+from tests.helpers import tiny_config
 from o2o_jax import pipeline
 out = {{"devices": len(jax.devices())}}
 for name, seeds, shard in (("True", 2, True), ("False", 2, False),

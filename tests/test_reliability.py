@@ -12,8 +12,8 @@ import pytest
 from o2o_jax import checkpoints, envs, pipeline
 from o2o_jax.data import loader, store
 from o2o_jax.logging import RunDirLock, RunDirLockedError
-from tests.test_data import scripted_episode
-from tests.test_pipeline import ROOT, tiny_config
+from tests.helpers import scripted_episode
+from tests.helpers import ROOT, tiny_config
 
 TRAIN = [sys.executable, "-m", "experiments.train", "--config=configs/hopper_medium.py:quick"]
 TINY = [f"--config.{k}={v}" for k, v in (

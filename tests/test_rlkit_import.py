@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 from o2o_jax import checkpoints, envs, rlkit_import  # noqa: E402
 from o2o_jax.agents import actor_critic as ac  # noqa: E402
 from o2o_jax.agents import ensemble  # noqa: E402
-from tests.test_pipeline import ROOT, tiny_config  # noqa: E402
+from tests.helpers import ROOT, tiny_config  # noqa: E402
 
 OBS, ACT, H = 11, 3, (8, 8)     # hopper's dims (the smoke test runs in hopper)
 

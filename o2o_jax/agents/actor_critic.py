@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 from flax import struct
 from flax.training.train_state import TrainState
@@ -44,6 +45,39 @@ class ActorCritic(struct.PyTreeNode):
     @property
     def alpha(self) -> jax.Array:
         return self.temp.apply_fn({"params": self.temp.params})
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The `agent` config section: networks, optimisers and loss knobs of every SAC-family
+    agent, and CQL's knobs (cql_*, bc_steps, read by `cql.create` into its own state).
+    Defaults are the paper-scale reference values of shared/spec/off2on.md."""
+    c = ml_collections.ConfigDict()
+    c.num_members = 5            # N: ensemble size
+    c.hidden_dims = (256, 256)
+    c.activation = "relu"
+    c.actor_layer_norm = False
+    c.critic_layer_norm = False
+    c.log_std_min = -20.0        # official CQL code: -5
+    c.log_std_max = 2.0
+    c.mean_clip = ml_collections.config_dict.placeholder(float)   # official CQL code: 9.0
+    c.actor_lr = 1e-4
+    c.critic_lr = 3e-4
+    c.temp_lr = 1e-4             # = policy lr
+    c.init_temperature = 1.0
+    c.target_entropy = ml_collections.config_dict.placeholder(float)  # None: -|A|
+    c.discount = 0.99
+    c.tau = 5e-3
+    # CQL (offline). cql_weight is alpha_cql; 0 turns the penalty off (plain SAC).
+    c.backup_entropy = False     # CQL reference: deterministic backup offline
+    c.cql_weight = 5.0
+    c.cql_n_actions = 10
+    c.cql_temp = 1.0
+    c.cql_lagrange = False
+    c.cql_target_action_gap = 10.0
+    c.cql_lagrange_init = 1.0
+    c.cql_lagrange_lr = 3e-4
+    c.bc_steps = 40_000          # policy_eval_start: BC warm start of the actor
+    return c
 
 
 def create(key: jax.Array, obs_dim: int, act_dim: int, cfg) -> ActorCritic:

@@ -42,8 +42,7 @@ Log = Callable[[str], None]
 
 def sac_config(hidden_dims=(256, 256)) -> ml_collections.ConfigDict:
     """Plain SAC from the shared agent config: no CQL, entropy backup, standard 3e-4 rates."""
-    from configs import base
-    c = base.get_agent_config()
+    c = ac.default_config()
     c.num_members = 1
     c.hidden_dims = tuple(hidden_dims)
     c.cql_weight = 0.0
@@ -402,8 +401,7 @@ def save_policy(path: pathlib.Path, agent: ac.ActorCritic, cfg, info: Dict[str, 
 
 
 def config_from_json(d: Dict[str, Any]) -> ml_collections.ConfigDict:
-    from configs import base
-    cfg = base.get_agent_config()
+    cfg = ac.default_config()
     for k, v in d.items():
         if k in cfg:
             cfg[k] = tuple(v) if isinstance(v, list) else v

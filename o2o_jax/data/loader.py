@@ -19,7 +19,7 @@ from scipy import signal
 from o2o_jax import envs
 from o2o_jax.data import recipes, store
 
-TRANSITION_KEYS = ("observations", "actions", "rewards", "next_observations", "dones")
+from o2o_jax.transitions import TRANSITION_KEYS
 TRUNCATED_TAILS = ("zero", "repeat_last")
 
 

@@ -11,7 +11,7 @@ Two structures:
   `store_add`, `store_sample_uniform`.
 * The balanced replay of Off2OnRL (spec section 4): `BalancedReplayState` with
   `init`, `set_initial_max_priority`, `add_online`, `sample`, `set_priorities`,
-  plus `offline_fraction`, `sample_uniform_offline`, `sample_online_uniform`.
+  plus `offline_fraction`, `sample_uniform_offline`.
   One exact sum tree covers M offline transitions and the online ring buffer:
   leaf i < M is offline transition i, leaf M + j is online slot j. The offline
   data themselves are *not* in the state; they are passed to `sample`, so many
@@ -35,7 +35,6 @@ from o2o_jax.replay import sum_tree
 
 Transitions = Dict[str, jax.Array]
 
-TRANSITION_KEYS = ("observations", "actions", "rewards", "next_observations", "dones")
 
 
 def _leading_size(transitions: Transitions) -> int:
@@ -291,14 +290,3 @@ def sample_uniform_offline(offline_data: Transitions, key: jax.Array,
     m = _leading_size(offline_data)
     idx = jax.random.randint(key, (batch_size,), 0, m)
     return _gather(offline_data, idx)
-
-
-@functools.partial(jax.jit, static_argnames="batch_size")
-def sample_online_uniform(state: BalancedReplayState, key: jax.Array,
-                          batch_size: int) -> Transitions:
-    """`batch_size` transitions drawn uniformly from the online ring buffer.
-
-    This is the density-ratio online batch when the online capacity equals the
-    spec's FIFO size (250k); otherwise keep a separate `TransitionStoreState`.
-    """
-    return store_sample_uniform(state.online, key, batch_size)

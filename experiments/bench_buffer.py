@@ -1,7 +1,7 @@
 """Timing and exact-totals check of the balanced replay at full size.
 
 `time_buffer_ops()` is called by `experiments/bench.py`; it can also be run as
-`python -m o2o_jax.replay.benchmark`.
+`python -m experiments.bench_buffer`.
 """
 import functools
 import time

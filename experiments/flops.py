@@ -24,15 +24,12 @@ def _nets(obs_dim, act_dim, hidden):
     return critic, actor
 
 
-def sac_update_flops(obs_dim, act_dim, hidden, batch, cql_actions=0, bc=False,
-                     members=1, ensemble_policy=False):
-    """FLOPs of one SAC/CQL update of `members` agents (each with twin critics).
+def sac_update_flops(obs_dim, act_dim, hidden, batch, cql_actions=0, members=1):
+    """FLOPs of one SAC/CQL update of `members` agents (each with twin critics); the same
+    per member for the online ensemble (all members' actor forwards feed one policy).
 
     cql_actions: total sampled actions per state in the CQL logsumexp (3 x n), 0 for SAC.
-    ensemble_policy: the online ensemble (actor forwards of all members feed one policy);
-    the count is the same per member, so it only documents intent.
     """
-    del bc, ensemble_policy
     critic, actor = _nets(obs_dim, act_dim, hidden)
     fc, fa = macs(critic), macs(actor)
     per_sample = 0
