@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 from configs import base  # noqa: E402
 from experiments import flops  # noqa: E402
 from o2o_jax import offline  # noqa: E402
-from o2o_jax.logging import format_seconds  # noqa: E402
+from o2o_jax.progress import format_seconds  # noqa: E402
 from o2o_jax.agents import cql, ensemble, sac  # noqa: E402
 
 # The authors' PyTorch code, full online steps/s (N = 5, batch 256, 2x256, both cores of a

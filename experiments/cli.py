@@ -35,7 +35,7 @@ def describe(exc: BaseException):
     """(exit status, paragraph) for an exception."""
     from o2o_jax import checkpoints, config_checks, finite
     from o2o_jax.data import loader
-    from o2o_jax.logging import RunDirLockedError
+    from o2o_jax.rundir import RunDirLockedError
     from o2o_jax.rlkit_import import MemberFileError
     try:
         from absl import app, flags

@@ -81,14 +81,14 @@ def share_offline(cfgs, methods, out):
 
 
 def table(out: str, methods, runs, offline_runs=None) -> str:
-    from o2o_jax import results, stats
+    from o2o_jax import rundir, stats
     lines = ["| method | final normalised score (mean ± std over seeds) | IQM | 95% CI of mean "
              "| after offline | seeds |", "|---|---|---|---|---|---|"]
     rows = []
     for method, run, off_run in zip(methods, runs, offline_runs or runs):
-        final = results.final_values(run, "normalized_score", "online")
-        off = (results.final_values(off_run, "normalized_score", "offline")
-               if results.has_metric(off_run, "normalized_score", "offline")
+        final = rundir.final_values(run, "normalized_score", "online")
+        off = (rundir.final_values(off_run, "normalized_score", "offline")
+               if rundir.has_metric(off_run, "normalized_score", "offline")
                else np.array([]))
         s = stats.summarize(final)
         off_txt = f"{np.nanmean(off):.1f}" if off.size else "—"
@@ -111,7 +111,7 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     from experiments import plot
-    from o2o_jax import pipeline, results
+    from o2o_jax import pipeline, rundir
     base = _CONFIG.value
     out = _OUT.value or os.path.join(base.run_dir, f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
     os.makedirs(out, exist_ok=True)
@@ -128,7 +128,7 @@ def main(argv):
         print(f"[compare] {i + 1}/{len(cfgs)}: {cfg.algo} ({_SEEDS.value} seeds){shared}; "
               f"elapsed {time.time() - t0:.0f} s", flush=True)
         pipeline.run(cfg)
-    runs = [results.load_run(os.path.join(out, m)) for m in methods]
+    runs = [rundir.load_run(os.path.join(out, m)) for m in methods]
     offline_runs = [runs[methods.index(source[m])] if m in source else run
                     for m, run in zip(methods, runs)]
     md = table(out, methods, runs, offline_runs)

@@ -17,7 +17,7 @@ from absl import app, flags
 
 from o2o_jax import envs
 from o2o_jax.data import loader, recipes, store
-from o2o_jax.logging import format_seconds
+from o2o_jax.progress import format_seconds
 
 _ENV = flags.DEFINE_enum("env", "hopper", sorted(envs.ENVS), "Environment.")
 _KIND = flags.DEFINE_enum("kind", "medium", list(recipes.KINDS) + ["all"],

@@ -25,7 +25,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from o2o_jax import results, stats
+from o2o_jax import rundir, stats
 
 METRIC_LABELS = {
     "normalized_score": "normalised score",
@@ -121,17 +121,17 @@ def _figure(curves: List[Curve], path: str, band: str, confidence: float, xlabel
 
 
 def _curves(runs, labels, metric: str, phase: str) -> List[Curve]:
-    return [(lab, *results.learning_curve(r, metric, phase))
-            for r, lab in zip(runs, labels) if results.has_metric(r, metric, phase)]
+    return [(lab, *rundir.learning_curve(r, metric, phase))
+            for r, lab in zip(runs, labels) if rundir.has_metric(r, metric, phase)]
 
 
-def make_plots(runs: Sequence[results.Run], out_dir: str, metric: str = "normalized_score",
+def make_plots(runs: Sequence[rundir.Run], out_dir: str, metric: str = "normalized_score",
                analysis: Sequence[str] = DEFAULT_ANALYSIS, band: str = "ci",
                confidence: float = 0.95, dpi: int = 120,
                labels: Optional[Sequence[str]] = None) -> List[str]:
     """Draw every figure that some run has data for; returns the PNG paths written."""
     os.makedirs(out_dir, exist_ok=True)
-    labels = list(labels) if labels is not None else results.run_labels(runs)
+    labels = list(labels) if labels is not None else rundir.run_labels(runs)
     written = []
     figures = [(f"online_{metric}.png", metric, "online", "online env steps",
                 f"{metric_label(metric)} during online fine-tuning")]
@@ -174,7 +174,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     try:
-        runs = [results.load_run(d) for d in args.run_dirs]
+        runs = [rundir.load_run(d) for d in args.run_dirs]
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -27,7 +27,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from o2o_jax import results
+from o2o_jax import rundir
 
 MILESTONES = (0, 1, 5, 10, 25, 50, 75, 100, 150, 200, 250)
 TARGET_EPOCHS = (50, 100, 250)
@@ -115,7 +115,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         ref = read_reference(args.reference)
-        runs = results.load_runs(args.runs, verbose=False)
+        runs = rundir.load_runs(args.runs, verbose=False)
     except (OSError, ValueError) as e:
         print(f"reference_curve: {e}", file=sys.stderr)
         return 2

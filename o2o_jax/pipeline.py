@@ -31,7 +31,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from o2o_jax import (algorithm, checkpoints, config_checks, distributed, envs, finite, offline,
                      online, stats)
-from o2o_jax.logging import Progress, RunDir, to_scalar
+from o2o_jax.progress import Progress
+from o2o_jax.rundir import RunDir, to_scalar
 from o2o_jax.replay import buffers
 from o2o_jax.transitions import TRANSITION_KEYS
 

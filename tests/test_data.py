@@ -306,7 +306,7 @@ def test_force_replaces_only_when_complete(root):
 
 
 def test_progress_eta_counts_only_this_runs_rate(monkeypatch):
-    from o2o_jax import logging as progress
+    from o2o_jax import progress
     clock = [1000.0]
     monkeypatch.setattr(progress.time, "time", lambda: clock[0])
     lines = []

@@ -1,4 +1,4 @@
-"""Run directories read back (o2o_jax.results), experiments.plot and the ablations notebook,
+"""Run directories read back (o2o_jax.rundir), experiments.plot and the ablations notebook,
 on small synthetic run directories whose values are known."""
 import csv
 import json
@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from o2o_jax import results
+from o2o_jax import rundir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(REPO, "notebooks", "ablations.ipynb")
@@ -75,27 +75,27 @@ def run_dirs(tmp_path_factory):
 # --------------------------------------------------------------------------- results
 
 def test_learning_curve_returns_the_written_values_seed_major(run_dirs):
-    run = results.load_run(run_dirs["uniform5"])
+    run = rundir.load_run(run_dirs["uniform5"])
     assert run.get("online.replay") == "uniform" and run.get("agent.num_members") == 5
-    np.testing.assert_array_equal(results.seeds(run), [0, 1, 2])
-    xs, ys = results.learning_curve(run, "normalized_score", "online")
+    np.testing.assert_array_equal(rundir.seeds(run), [0, 1, 2])
+    xs, ys = rundir.learning_curve(run, "normalized_score", "online")
     np.testing.assert_array_equal(xs, np.arange(EPOCHS + 1) * STEPS_PER_EPOCH)
     expected = np.array([[score(1, s, e) for e in range(EPOCHS + 1)] for s in (0, 1, 2)])
     assert ys.shape == (3, EPOCHS + 1)
     np.testing.assert_allclose(ys, expected, rtol=0, atol=1e-12)
     # Analysis metric: empty on the final evaluation row, so one point fewer.
-    xs, ys = results.learning_curve(run, "offline_fraction")
+    xs, ys = rundir.learning_curve(run, "offline_fraction")
     np.testing.assert_array_equal(xs, np.arange(EPOCHS) * STEPS_PER_EPOCH)
     np.testing.assert_allclose(ys, [[0.5 - 0.1 * e + 0.01 * s for e in range(EPOCHS)]
                                     for s in (0, 1, 2)])
     # Offline phase: indexed by gradient step.
-    xs, ys = results.learning_curve(run, "normalized_score", "offline")
+    xs, ys = rundir.learning_curve(run, "normalized_score", "offline")
     np.testing.assert_array_equal(xs, OFFLINE_STEPS)
     np.testing.assert_allclose(ys, [[offline_score(1, s, t) for t in OFFLINE_STEPS]
                                     for s in (0, 1, 2)])
-    np.testing.assert_allclose(results.final_values(run), [score(1, s, EPOCHS) for s in (0, 1, 2)])
+    np.testing.assert_allclose(rundir.final_values(run), [score(1, s, EPOCHS) for s in (0, 1, 2)])
     with pytest.raises(KeyError, match="not_a_metric"):
-        results.learning_curve(run, "not_a_metric")
+        rundir.learning_curve(run, "not_a_metric")
 
 
 def test_no_seed_column_and_missing_num_seeds(tmp_path):
@@ -109,29 +109,29 @@ def test_no_seed_column_and_missing_num_seeds(tmp_path):
         "2,online,1,0,4.0,0\n"
         "3,online,,100,5.0,1\n"
         "4,online,,100,6.0,1\n")   # a repeated (seed, x): the later row wins
-    run = results.load_run(str(d))
+    run = rundir.load_run(str(d))
     assert run.get("num_seeds") == 1 and run.get("seed") == 0
-    np.testing.assert_array_equal(results.seeds(run), [0])
-    xs, ys = results.learning_curve(run)
+    np.testing.assert_array_equal(rundir.seeds(run), [0])
+    xs, ys = rundir.learning_curve(run)
     np.testing.assert_array_equal(xs, [0, 100])
     np.testing.assert_array_equal(ys, [[4.0, 6.0]])
 
 
 def test_grouping_and_pooling(run_dirs):
-    runs = results.load_runs(os.path.join(run_dirs["root"], "*"))
+    runs = rundir.load_runs(os.path.join(run_dirs["root"], "*"))
     assert [r.name for r in runs] == ["balanced_n2", "balanced_n5", "uniform_n5"]
-    by_replay = results.group_runs(runs, "online.replay")
+    by_replay = rundir.group_runs(runs, "online.replay")
     assert list(by_replay) == ["balanced", "uniform"]
     assert [r.name for r in by_replay["balanced"]] == ["balanced_n2", "balanced_n5"]
-    by_n = results.group_runs(runs, "agent.num_members")
+    by_n = rundir.group_runs(runs, "agent.num_members")
     assert list(by_n) == [2, 5]
-    assert [r.name for r in results.filter_runs(runs, {"online.replay": "balanced",
+    assert [r.name for r in rundir.filter_runs(runs, {"online.replay": "balanced",
                                                        "agent.num_members": 5})] == ["balanced_n5"]
-    xs, ys = results.group_curve(by_replay["balanced"])
+    xs, ys = rundir.group_curve(by_replay["balanced"])
     assert ys.shape == (1 + 3, EPOCHS + 1)          # seeds pooled across the two runs
     np.testing.assert_allclose(ys[0], [score(2, 0, e) for e in range(EPOCHS + 1)])
     # Labels tell the runs apart by the config fields that differ.
-    assert results.run_labels(runs) == ["balanced N=2", "balanced N=5", "uniform N=5"]
+    assert rundir.run_labels(runs) == ["balanced N=2", "balanced N=5", "uniform N=5"]
 
 
 # --------------------------------------------------------------------------- plot

@@ -11,7 +11,7 @@ import pytest
 
 from o2o_jax import checkpoints, envs, pipeline
 from o2o_jax.data import loader, store
-from o2o_jax.logging import RunDirLock, RunDirLockedError
+from o2o_jax.rundir import RunDirLock, RunDirLockedError
 from tests.helpers import scripted_episode
 from tests.helpers import ROOT, tiny_config
 
@@ -79,7 +79,7 @@ def test_diverging_run_stops_without_writing_nan(minari_root, tmp_path):
 
 
 def test_summary_json_is_strict_json(tmp_path):
-    from o2o_jax.logging import RunDir
+    from o2o_jax.rundir import RunDir
     d = RunDir(str(tmp_path / "run"))
     d.write_summary({"final": {"per_seed_return": [1.0, float("nan")], "x": np.float32("inf")}})
     d.close()
@@ -92,7 +92,7 @@ def test_summary_json_is_strict_json(tmp_path):
 def test_a_locked_run_directory_is_refused(minari_root, tmp_path):
     """A second process on a run directory in use is refused at once, naming the holder."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from o2o_jax.logging import RunDirLock; "
+        [sys.executable, "-c", "import sys, time; from o2o_jax.rundir import RunDirLock; "
          "l = RunDirLock(sys.argv[1]); l.acquire(); print('locked', flush=True); "
          "time.sleep(120)", str(tmp_path / "busy")],
         cwd=ROOT, stdout=subprocess.PIPE, text=True)

@@ -33,7 +33,7 @@ import numpy as np
 from o2o_jax import envs
 from o2o_jax.agents import actor_critic as ac
 from o2o_jax.agents import sac
-from o2o_jax.logging import Progress
+from o2o_jax.progress import Progress
 from o2o_jax.replay import buffers
 
 Episode = Dict[str, np.ndarray]

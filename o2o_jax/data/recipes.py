@@ -29,7 +29,7 @@ import numpy as np
 
 from o2o_jax import envs
 from o2o_jax.data import behavior, store
-from o2o_jax.logging import format_seconds
+from o2o_jax.progress import format_seconds
 
 KINDS = ("random", "medium", "medium-replay", "expert", "medium-expert")
 NAMESPACE = "o2o"

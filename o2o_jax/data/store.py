@@ -248,7 +248,7 @@ def write_dataset(dataset_id: str, episodes: Iterable[Dict[str, np.ndarray]], *,
     written = []
     progress = None
     if log is not None:
-        from o2o_jax.logging import Progress
+        from o2o_jax.progress import Progress
         total = len(episodes) if hasattr(episodes, "__len__") else 0
         progress = Progress(f"{dataset_id} write", total, "episodes", log=log)
 
