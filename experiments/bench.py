@@ -186,9 +186,9 @@ def bench_online(hidden, batch, members, steps, reps, peak, num_offline=1_000_00
 def bench_interaction(agent, steps: int = 1000) -> float:
     """Seconds per online env step as the pipeline collects: one jitted stochastic
     ensemble-policy call for the seed axis, then a MuJoCo hopper step (median of 3)."""
-    from o2o_jax import algorithm, envs, pipeline
-    act = pipeline.seeds_jit(algorithm.get("off2on").act)
-    agent1 = pipeline.stack([agent])
+    from o2o_jax import algorithm, envs, seeds
+    act = seeds.seeds_jit(algorithm.get("off2on").act)
+    agent1 = seeds.stack([agent])
     env = envs.BatchedEnvs("hopper", 1, 0)
     keys = jax.random.split(jax.random.PRNGKey(3), steps)[None]
     act(agent1, jnp.asarray(env.obs[:, None]), keys[:, 0]).block_until_ready()
@@ -206,7 +206,7 @@ def bench_interaction(agent, steps: int = 1000) -> float:
 def bench_seeds(hidden, batch, members, steps, reps, seed_counts=(1, 2, 4, 8)):
     """The full online step for S vmapped seeds in one program (offline data shared)."""
     from ml_collections import ConfigDict
-    from o2o_jax import online, pipeline
+    from o2o_jax import online, seeds
     from o2o_jax.replay import buffers
 
     data = fake_data(100_000)
@@ -229,7 +229,7 @@ def bench_seeds(hidden, batch, members, steps, reps, seed_counts=(1, 2, 4, 8)):
             m = ensemble.create_members(jax.random.PRNGKey(s), OBS, ACT, cfg, members)
             st = online.init_state(m, data, jax.random.PRNGKey(100 + s), oc, OBS, ACT)
             states.append(st.replace(replay=buffers.add_online(st.replay, new)))
-        s0 = pipeline.stack(states)
+        s0 = seeds.stack(states)
         keys = jnp.stack([jax.random.PRNGKey(7 + s) for s in range(num)])
         copy = lambda: (jax.tree_util.tree_map(jnp.copy, s0), data, keys)
         compile_s, times = time_calls(fn, copy, reps)

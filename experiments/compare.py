@@ -52,12 +52,12 @@ def offline_signature(cfg):
     """What determines the offline phase's result, or None if it cannot be shared (no
     pretraining, members loaded anyway, or a method with a phase after pretraining, e.g.
     FQE-init, whose saved members are those after it)."""
-    from o2o_jax import algorithm, pipeline
+    from o2o_jax import algorithm, checkpoints
     algo = algorithm.get(cfg.algo)
     if (cfg.offline.steps == 0 or cfg.online.load_offline_from or algo.post_offline
             or not cfg.offline.save_members):
         return None
-    d = pipeline.comparable_config(cfg)
+    d = checkpoints.comparable_config(cfg)
     for k in ["online", "algo"] + [a.config_section[0] for a in algorithm.all_algorithms()
                                    if a.config_section and a is not algo]:
         d.pop(k, None)     # other methods' sections cannot change this offline phase

@@ -50,7 +50,7 @@ def main(argv):
     import jax
     import numpy as np
     from configs import variants
-    from o2o_jax import algorithm, checkpoints, pipeline, rlkit_import
+    from o2o_jax import algorithm, checkpoints, offline_loop, rlkit_import
 
     for name, flag in (("--source", _SOURCE), ("--env", _ENV), ("--out", _OUT)):
         if flag.value is None:
@@ -78,7 +78,7 @@ def main(argv):
     print(f"read {len(provenance['member_seeds'])} members (seeds "
           f"{provenance['member_seeds']}, step {provenance['steps']:,}) from {_SOURCE.value}")
     cfg.num_seeds = 1
-    meta = {**pipeline.members_meta(cfg, obs_dim, act_dim), "imported": provenance}
+    meta = {**checkpoints.members_meta(cfg, obs_dim, act_dim), "imported": provenance}
     seeded = jax.tree_util.tree_map(lambda x: x[None], members)   # one seed
     checkpoints.save(_OUT.value, seeded, meta)
     print(f"wrote {_OUT.value} (fine-tune with --config.online.load_offline_from="
@@ -90,7 +90,7 @@ def main(argv):
         for label, m in (("ensemble (mean-action moment-matched policy)", members),
                          ("member 0", first)):
             r = envs.evaluate(lambda o, m=m: np.asarray(policy(m, o)), cfg.env, _EVAL.value,
-                              seed=pipeline.OFFLINE_EVAL_SEED)
+                              seed=offline_loop.OFFLINE_EVAL_SEED)
             results[label] = [float(x) for x in r]
             print(f"{label}: returns {np.round(r, 1).tolist()}, mean {np.mean(r):.1f} "
                   f"(normalised {float(envs.normalized_score(cfg.env, np.mean(r))):.1f})")

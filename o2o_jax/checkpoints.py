@@ -9,8 +9,11 @@ In a distributed run every process calls `save` and `restore`: the state is gath
 host memory on each process and orbax writes it once; the sidecar files are written by the
 primary process, and all processes leave `save` only when the checkpoint is complete.
 """
+import glob
 import json
 import os
+import pickle
+import shutil
 from typing import Any, Dict, Optional
 
 import jax
@@ -150,3 +153,93 @@ def restore(path: str, template: Any, expect: Optional[Dict] = None) -> Any:
     except ValueError as e:
         raise CheckpointError(f"checkpoint {path!r} holds a different state structure "
                               f"({e}); it was made by another config or version") from e
+
+
+# ----------------------------------------------------------------------------- a run's checkpoints
+
+def comparable_config(cfg) -> dict:
+    """The config a checkpoint must share with the run resuming it."""
+    d = json.loads(cfg.to_json_best_effort())
+    for k in ("resume", "run_dir", "run_name", "tensorboard", "distributed"):
+        d.pop(k, None)
+    d.get("checkpoint", {}).pop("keep", None)
+    return d
+
+
+class CheckpointManager:
+    """<run>/checkpoints/<order>/: full state; keeps the newest `keep` complete ones."""
+
+    def __init__(self, root: str, keep: int, config: dict):
+        self.root, self.keep, self.config = root, keep, config
+
+    def complete(self):
+        paths = sorted(glob.glob(os.path.join(self.root, "[0-9]" * 10)))
+        return [p for p in paths if os.path.exists(os.path.join(p, "meta.json"))]
+
+    def latest(self) -> Optional[dict]:
+        done = self.complete()
+        if not done:
+            return None
+        meta = read_meta(done[-1])
+        check_meta(done[-1], meta, {"config": self.config})
+        return {**meta, "path": done[-1]}
+
+    def save(self, order: int, tree, meta: dict, extra: Optional[dict] = None):
+        path = os.path.join(self.root, f"{order:010d}")
+        save(path, tree, {**meta, "config": self.config}, extra_files=extra)
+        if not distributed.is_primary():
+            return
+        for old in self.complete()[:-self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        for unfinished in sorted(glob.glob(os.path.join(self.root, "[0-9]" * 10))):
+            if unfinished < path and not os.path.exists(os.path.join(unfinished, "meta.json")):
+                shutil.rmtree(unfinished, ignore_errors=True)
+
+    def restore(self, latest: dict, template):
+        return restore(latest["path"], template, expect={"config": self.config})
+
+
+def members_meta(cfg, obs_dim: int, act_dim: int) -> dict:
+    """What must match for an offline-members checkpoint to be reused."""
+    a = cfg.agent
+    return {"kind": "offline_members", "env": cfg.env, "obs_dim": obs_dim, "act_dim": act_dim,
+            "num_seeds": cfg.num_seeds, "num_members": a.num_members,
+            "hidden_dims": list(a.hidden_dims), "activation": a.activation,
+            "actor_layer_norm": a.actor_layer_norm, "critic_layer_norm": a.critic_layer_norm}
+
+
+def members_expect(cfg, obs_dim: int, act_dim: int) -> dict:
+    """What the members checkpoint at `online.load_offline_from` must say of itself; checks
+    it (CheckpointError naming the difference) and returns it. A checkpoint of one seed's
+    members (e.g. imported by experiments.import_members) is accepted for S seeds."""
+    path = cfg.online.load_offline_from
+    expect = members_meta(cfg, obs_dim, act_dim)
+    meta = read_meta(path)
+    if meta.get("num_seeds") == 1:
+        expect["num_seeds"] = 1
+    check_meta(path, meta, expect)
+    return expect
+
+
+def load_members(cfg, template, obs_dim: int, act_dim: int):
+    """The members checkpoint at `online.load_offline_from`, shaped like `template` [S, N, ...].
+
+    One seed's members are given to every one of the S seeds: S online runs from the same
+    members."""
+    path = cfg.online.load_offline_from
+    expect = members_expect(cfg, obs_dim, act_dim)
+    if expect["num_seeds"] == 1 and cfg.num_seeds > 1:
+        one = restore(path, jax.tree_util.tree_map(lambda x: x[:1], template),
+                                  expect=expect)
+        print(f"the members of {path} are shared by all {cfg.num_seeds} seeds")
+        return jax.tree_util.tree_map(lambda x: jnp.repeat(x, cfg.num_seeds, axis=0), one)
+    return restore(path, template, expect=expect)
+
+
+def read_env_state(path: str):
+    try:
+        return pickle.loads(read_extra(path, "env_state.pkl"))
+    except (pickle.UnpicklingError, EOFError, ValueError) as e:
+        raise CheckpointError(
+            f"checkpoint {path!r} has an unreadable env_state.pkl ({type(e).__name__}); it "
+            "is corrupt — delete it to resume from the one before") from e

@@ -171,10 +171,10 @@ def test_imported_members_fine_tune_through_experiments_train(minari_root, tmp_p
                      for s in (0, 4)]
             return torch.tanh(torch.stack(means).mean(0)).numpy()
 
-    from o2o_jax import pipeline
+    from o2o_jax import online_loop
     for s in (0, 1):
         want = envs.evaluate(torch_policy, "hopper", 2,
-                             seed=pipeline.ONLINE_EVAL_SEED + 1_000 * s).mean()
+                             seed=online_loop.ONLINE_EVAL_SEED + 1_000 * s).mean()
         got = [float(r["eval_return"]) for r in rows if float(r["epoch"]) == 0 and
                int(float(r["seed"])) == s]
         np.testing.assert_allclose(got, [want], rtol=1e-3)

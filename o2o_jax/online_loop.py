@@ -1,0 +1,126 @@
+"""The online phase's loop (spec section 5): per epoch evaluate, collect with the online
+agent in the seeds' envs, add to the replay, and train (one compiled call of
+`online.make_train_epoch`); checkpoints with the envs' exact states."""
+import functools
+import pickle
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from o2o_jax import algorithm, distributed, envs, online
+from o2o_jax.context import Context, check_finite
+from o2o_jax.progress import Progress
+from o2o_jax.replay import buffers
+from o2o_jax.rundir import to_scalar
+from o2o_jax.seeds import _split_each, per_seed_rows, seeds_jit, split_each, stack, unstack
+from o2o_jax.transitions import TRANSITION_KEYS
+
+# Env seeds of seed s: collection envs COLLECT_SEED + s; eval episode e: base + 1_000 s + e.
+ONLINE_EVAL_SEED, COLLECT_SEED = 20_000, 30_000
+
+
+def step_config(cfg) -> online.StepConfig:
+    oc = cfg.online
+    return online.StepConfig(batch_size=oc.batch_size, dr_batch_size=oc.dr_batch_size,
+                             replay=oc.replay, priority_temperature=oc.priority_temperature,
+                             fifo_window=oc.fifo_capacity,
+                             update_fn=algorithm.get(cfg.algo).online_update(cfg))
+
+
+def init_online(ctx: Context, members, key):
+    """Per-seed online states (built one seed at a time), stacked on the seed axis."""
+    k_init = distributed.to_host(key)
+    algo = algorithm.get(ctx.cfg.algo)
+    states = []
+    for s in range(ctx.cfg.num_seeds):
+        m = unstack(members, s)
+        states.append(online.init_state(m, ctx.data, jnp.asarray(k_init[s]), ctx.cfg.online,
+                                        ctx.obs_dim, ctx.act_dim,
+                                        agent=algo.to_online(m, ctx.cfg)))
+    return stack(states)
+
+
+_add_online = jax.jit(jax.vmap(buffers.add_online), donate_argnums=0)
+
+
+def finetune(ctx: Context, state, key, start_epoch: int = 0, resume_meta=None,
+             offline_return=None):
+    """Online phase (spec section 5): per epoch evaluate, collect, train; S seeds at once.
+    `offline_return` (the pretrained members' score) rides in the checkpoints so that a
+    resumed run's summary still reports it."""
+    cfg, oc = ctx.cfg, ctx.cfg.online
+    step_cfg = step_config(cfg)
+    algo = algorithm.get(cfg.algo)
+    act, act_eval = seeds_jit(algo.act), seeds_jit(algo.act_eval)
+    q_auroc = seeds_jit(functools.partial(online.q_auroc, q_fn=algo.q_value))
+    env = envs.BatchedEnvs(cfg.env, cfg.num_seeds, 0,
+                           seeds=[COLLECT_SEED + s for s in ctx.seeds])
+    recent = [[] for _ in ctx.seeds]           # last 10 training-episode returns per seed
+    if resume_meta is not None:
+        env.set_state(resume_meta["env_state"])
+        recent = resume_meta["recent_returns"]
+    progress = Progress("online " + cfg.online.replay, oc.epochs, "epochs", every_s=0.0,
+                        initial=start_epoch)
+    eval_seeds = [ONLINE_EVAL_SEED + 1_000 * s for s in ctx.seeds]
+    final = None
+    for epoch in range(start_epoch, oc.epochs + 1):
+        returns = envs.evaluate_seeds(
+            lambda o: distributed.to_host(act_eval(state.agent, jnp.asarray(o))), cfg.env,
+            oc.eval_episodes, eval_seeds).mean(axis=1)
+        final = returns
+        base = {"phase": "online", "epoch": epoch, "step": epoch,
+                "env_steps": epoch * oc.env_steps_per_epoch}
+        extra = {"eval_return": returns,
+                 "normalized_score": envs.normalized_score(cfg.env, returns)}
+        check_finite(ctx, {"eval_return": returns}, f"the evaluation at online epoch {epoch}")
+        if epoch == oc.epochs:   # the final evaluation, after the last epoch's training
+            for row in per_seed_rows(base, {}, ctx.seeds, extra):
+                ctx.run_dir.log(row)
+            break
+        # Collect: one batched policy call per env step for all seeds.
+        key, k_collect, k_auc, k_train = split_each(key, 4)
+        step_keys = distributed.to_host(_split_each(k_collect, oc.env_steps_per_epoch))
+        steps = []
+        for t in range(oc.env_steps_per_epoch):
+            action = act(state.agent, jnp.asarray(env.obs[:, None]),
+                         jnp.asarray(step_keys[:, t]))
+            transition, _ = env.step(distributed.to_host(action)[:, 0])
+            steps.append(transition)
+            for s in np.flatnonzero(env.episode_length == 0):   # episodes that just ended
+                recent[s] = (recent[s] + [float(env.last_returns[s])])[-10:]
+        new = {k: jnp.asarray(np.stack([t[k] for t in steps], axis=1))
+               for k in TRANSITION_KEYS}
+        state = state.replace(replay=_add_online(state.replay, new))
+        auroc = distributed.to_host(q_auroc(state.agent, new["observations"], new["actions"],
+                                            k_auc))
+        # Train: one compiled call per epoch's worth of updates, all seeds; the first
+        # epoch runs `first_epoch_multiplier` of them.
+        train = online.make_train_epoch(oc.updates_per_epoch, step_cfg, seed_axis=True)
+        calls = oc.first_epoch_multiplier if epoch == 0 else 1
+        infos = []
+        for k in (split_each(k_train, calls) if calls > 1 else [k_train]):
+            state, info = train(state, ctx.data, k)
+            infos.append(info)
+        info = distributed.to_host_tree(
+            {k: (infos[0][k] if k.endswith(online.FIRST_BATCH_SUFFIX)   # the epoch's first
+                 else sum(i[k] for i in infos) / len(infos)) for k in infos[0]})
+        check_finite(ctx, info, f"online epoch {epoch} (training)")
+        extra.update({"q_auroc": auroc,
+                      "train_episode_return": [np.mean(r) if r else "" for r in recent]})
+        for row in per_seed_rows(base, info, ctx.seeds, extra):
+            ctx.run_dir.log(row)
+        progress.update(epoch + 1, f"eval at epoch {epoch}'s start {np.mean(returns):.1f} "
+                                   f"({np.mean(envs.normalized_score(cfg.env, returns)):.1f}) "
+                                   f"offline frac {to_scalar(info['offline_fraction']):.2f}")
+        every = cfg.checkpoint.every_online_epochs
+        if every and (epoch + 1) % every == 0 and epoch + 1 < oc.epochs:
+            ctx.run_dir.flush()
+            ctx.ckpt.save(cfg.offline.steps + epoch + 1, {"state": state, "key": key},
+                          {"phase": "online", "epoch": epoch + 1,
+                           "csv_rows": len(ctx.run_dir.metrics.rows), "recent_returns": recent,
+                           "offline_return": None if offline_return is None
+                           else [float(r) for r in offline_return]},
+                          extra={"env_state.pkl": pickle.dumps(env.get_state())})
+    env.close()
+    return state, final
