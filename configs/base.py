@@ -80,7 +80,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.online.replay = "balanced"        # balanced | uniform | online_only
     c.online.init_online_fraction = 0.5  # f: online share of sampling mass after epoch 0
     c.online.priority_temperature = 5.0  # T
-    c.online.fifo_capacity = 250_000    # online DR batches come from the newest items
+    c.online.fifo_window = 250_000      # online DR batches come from the newest items
     c.online.dr_hidden_dims = (256, 256)
     c.online.dr_lr = 3e-4
     c.online.eval_episodes = 10         # per epoch, deterministic pi_E

@@ -114,7 +114,7 @@ def check(cfg):
 def check_online(cfg):
     non_negative_int(cfg, "online.epochs")
     for f in ("env_steps_per_epoch", "updates_per_epoch", "first_epoch_multiplier",
-              "batch_size", "eval_episodes", "fifo_capacity", "dr_batch_size"):
+              "batch_size", "eval_episodes", "fifo_window", "dr_batch_size"):
         positive_int(cfg, f"online.{f}")
     one_of(cfg, "online.replay", ("balanced", "uniform", "online_only"))
     in_range(cfg, "online.init_online_fraction", 0.0, 1.0, lo_open=True, hi_open=True)

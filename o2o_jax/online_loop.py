@@ -24,7 +24,7 @@ def step_config(cfg) -> online.StepConfig:
     oc = cfg.online
     return online.StepConfig(batch_size=oc.batch_size, dr_batch_size=oc.dr_batch_size,
                              replay=oc.replay, priority_temperature=oc.priority_temperature,
-                             fifo_window=oc.fifo_capacity,
+                             fifo_window=oc.fifo_window,
                              update_fn=algorithm.get(cfg.algo).online_update(cfg))
 
 
@@ -42,6 +42,14 @@ def init_online(ctx: Context, members, key):
 
 
 _add_online = jax.jit(jax.vmap(buffers.add_online), donate_argnums=0)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _per_step_keys(keys: jax.Array, num: int):
+    """keys [S, 2] -> `num` device arrays [S, 2]: step t's key of every seed, as
+    `split(key_s, num)[t]`."""
+    split = _split_each(keys, num)
+    return [split[:, t] for t in range(num)]
 
 
 def finetune(ctx: Context, state, key, start_epoch: int = 0, resume_meta=None,
@@ -80,11 +88,11 @@ def finetune(ctx: Context, state, key, start_epoch: int = 0, resume_meta=None,
             break
         # Collect: one batched policy call per env step for all seeds.
         key, k_collect, k_auc, k_train = split_each(key, 4)
-        step_keys = distributed.to_host(_split_each(k_collect, oc.env_steps_per_epoch))
+        # The step keys stay on device: one call splits them into the epoch's per-step keys.
+        step_keys = _per_step_keys(k_collect, oc.env_steps_per_epoch)
         steps = []
         for t in range(oc.env_steps_per_epoch):
-            action = act(state.agent, jnp.asarray(env.obs[:, None]),
-                         jnp.asarray(step_keys[:, t]))
+            action = act(state.agent, jnp.asarray(env.obs[:, None]), step_keys[t])
             transition, _ = env.step(distributed.to_host(action)[:, 0])
             steps.append(transition)
             for s in np.flatnonzero(env.episode_length == 0):   # episodes that just ended
