@@ -11,11 +11,12 @@ score in the first 10 epochs, and within 10% of the reference's return at epochs
 and 250. Writes `<out>/reference_curve.png` (return vs epoch) and
 `<out>/reference_diagnostics.png`, and `<out>/reference_table.csv`.
 
-Columns compared (ours: means over the epoch's updates; rlkit's: statistics of the first
-batch of the epoch, so they lean towards the freshly collected data):
+Columns compared (rlkit's are statistics of the first batch of each epoch, which lean
+towards the freshly collected data; ours are shown from our `<key>_first_batch` columns,
+the same statistic, where a run logged them, else from the epoch means):
   eval_return       <-> evaluation/Average Returns
   alpha             <-> trainer/Alpha
-  q_data            <-> trainer/Q1 Predictions Mean (ours: both twins, all members)
+  q1_data           <-> trainer/Q1 Predictions Mean (first twin, all members)
   w_offline         <-> trainer/Offline Weights Mean
   w_online          <-> trainer/Online Weights Mean
 """
@@ -30,9 +31,10 @@ import numpy as np
 from o2o_jax import rundir
 
 MILESTONES = (0, 1, 5, 10, 25, 50, 75, 100, 150, 200, 250)
+FIRST = "_first_batch"   # our columns with the first update's values of each epoch
 TARGET_EPOCHS = (50, 100, 250)
 PAIRS = (("eval_return", "evaluation/Average Returns"), ("alpha", "trainer/Alpha"),
-         ("q_data", "trainer/Q1 Predictions Mean"),
+         ("q1_data", "trainer/Q1 Predictions Mean"),
          ("w_offline", "trainer/Offline Weights Mean"),
          ("w_online", "trainer/Online Weights Mean"))
 
@@ -60,7 +62,9 @@ def run_curves(run) -> Dict[str, np.ndarray]:
     seed_ids = sorted(set(seeds.tolist()))
     n = epochs.max() + 1 if epochs.size else 0
     out = {}
-    for key, _ in PAIRS + (("offline_fraction", None), ("normalized_score", None)):
+    keys = [k for k, _ in PAIRS] + ["offline_fraction", "normalized_score"]
+    keys += [k + FIRST for k in keys]
+    for key in keys:
         if key not in m:
             continue
         vals = np.full((len(seed_ids), n), np.nan)
@@ -150,16 +154,25 @@ def main(argv=None):
         w.writeheader()
         w.writerows(table_rows)
 
-    print("\ndiagnostics at milestones (ours: epoch means; reference: first batch of the epoch)")
+    print("\ndiagnostics at milestones: the reference logs the first batch of each epoch; ours "
+          "show the same (first update of the epoch) where the run logged it, else the "
+          "epoch mean, marked *")
+
+    def diag(c, key, e):
+        for k, mark in ((key + FIRST, " "), (key, "*")):
+            if k in c:
+                v = at(c[k], e)
+                if np.isfinite(v).any():
+                    return f"{np.nanmean(v):9.3f}{mark}"
+        return f"{'':9} "
+
     for ours_key, ref_key in PAIRS[1:]:
         print(f"  {ours_key} vs {ref_key}:")
         for e in MILESTONES:
             if e >= len(ref_epochs):
                 continue
-            vals = [np.nanmean(at(c[ours_key], e)) if ours_key in c else np.nan
-                    for c in all_curves]
             print(f"    epoch {e:>3}: reference {ref[ref_key][e]:9.3f} | "
-                  + " | ".join(f"{v:9.3f}" for v in vals))
+                  + " | ".join(diag(c, ours_key, e) for c in all_curves))
     for lab, c in zip(labels, all_curves):
         print(f"\n{lab}:")
         for line in check_targets(c, ref):
@@ -195,9 +208,11 @@ def main(argv=None):
     for ax, (ours_key, ref_key) in zip(axes, PAIRS[1:]):
         ax.plot(ref_epochs, ref[ref_key], color="black", lw=1.2, label="authors' code")
         for lab, c in zip(labels, all_curves):
-            if ours_key in c:
-                ax.plot(np.arange(c[ours_key].shape[1]), np.nanmean(c[ours_key], axis=0),
-                        lw=1, label=lab)
+            for k, style, tag in ((ours_key + FIRST, "-", "first batch"),
+                                  (ours_key, ":", "epoch mean")):
+                if k in c:
+                    ax.plot(np.arange(c[k].shape[1]), np.nanmean(c[k], axis=0), style, lw=1,
+                            label=f"{lab} ({tag})")
         ax.set_title(f"{ours_key} / {ref_key.split('/')[-1]}", fontsize=8)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
