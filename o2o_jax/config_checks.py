@@ -1,8 +1,6 @@
 """Validate an experiment config before any compute; errors name the field and what is allowed."""
 from o2o_jax import envs
 
-DATASET_KINDS = ("random", "medium", "medium-replay", "expert", "medium-expert")
-
 
 class ConfigError(ValueError):
     pass
@@ -85,7 +83,8 @@ def check(cfg):
     from o2o_jax import algorithm
     one_of(cfg, "env", sorted(envs.ENVS))
     one_of(cfg, "algo", algorithm.names())
-    one_of(cfg, "dataset.kind", DATASET_KINDS)
+    from o2o_jax.data.recipes import KINDS
+    one_of(cfg, "dataset.kind", KINDS)
     non_negative_int(cfg, "seed")
     positive_int(cfg, "num_seeds")
     non_negative_int(cfg, "checkpoint.every_offline_steps")
@@ -116,7 +115,8 @@ def check_online(cfg):
     for f in ("env_steps_per_epoch", "updates_per_epoch", "first_epoch_multiplier",
               "batch_size", "eval_episodes", "fifo_window", "dr_batch_size"):
         positive_int(cfg, f"online.{f}")
-    one_of(cfg, "online.replay", ("balanced", "uniform", "online_only"))
+    from o2o_jax.online import REPLAY_MODES
+    one_of(cfg, "online.replay", REPLAY_MODES)
     in_range(cfg, "online.init_online_fraction", 0.0, 1.0, lo_open=True, hi_open=True)
     positive_float(cfg, "online.priority_temperature")
     for f in ("dr_lr", "actor_lr", "critic_lr", "temp_lr"):

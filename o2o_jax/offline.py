@@ -1,16 +1,18 @@
-"""Offline pretraining of N independent CQL members in one compiled program.
+"""Offline updates of N independent members in one compiled program, for any method.
 
-`make_train_chunk` returns a jitted function that runs K updates of all N members with
-`jax.lax.scan` (state donated). Each update splits the step key into one key per member;
-member i draws its own minibatch uniformly from the device-resident dataset and takes a
-CQL step (`jax.vmap` over members), so members differ in initialisation and data order.
+`make_train_chunk(K, batch_size, update_fn)` returns a jitted function that runs K updates
+of all N members with `jax.lax.scan` (state donated); `update_fn(member, batch, key) ->
+(member, info)` is the method's (`Algorithm.offline_update(cfg)`). Each update splits the
+step key into one key per member; member i draws its own minibatch uniformly from the
+device-resident dataset and takes its step (`jax.vmap` over members), so members differ in
+initialisation and data order.
 """
 import functools
 
 import jax
 import jax.numpy as jnp
 
-from o2o_jax.agents import cql, stacking
+from o2o_jax.agents import stacking
 
 from o2o_jax.transitions import TRANSITION_KEYS
 
@@ -22,13 +24,13 @@ def sample_batch(data, key: jax.Array, batch_size: int):
     return {k: data[k][idx] for k in TRANSITION_KEYS}
 
 
-def member_step(agent, data, key: jax.Array, batch_size: int, update_fn=cql.update):
+def member_step(agent, data, key: jax.Array, batch_size: int, update_fn):
     """One member's update on its own minibatch: (agent, data, key) -> (agent, info)."""
     k_batch, k_update = jax.random.split(key)
     return update_fn(agent, sample_batch(data, k_batch, batch_size), k_update)
 
 
-def members_step(members, data, key: jax.Array, batch_size: int, update_fn=cql.update):
+def members_step(members, data, key: jax.Array, batch_size: int, update_fn):
     """All N members take one step, member i with key split(key, N)[i]."""
     num_members = stacking.num_stacked(members)
     keys = jax.random.split(key, num_members)
@@ -36,7 +38,7 @@ def members_step(members, data, key: jax.Array, batch_size: int, update_fn=cql.u
     return jax.vmap(step, in_axes=(0, None, 0))(members, data, keys)
 
 
-def train_chunk(members, data, key, num_steps: int, batch_size: int, update_fn=cql.update):
+def train_chunk(members, data, key, num_steps: int, batch_size: int, update_fn):
     """`num_steps` updates of all members (lax.scan); info averaged over steps, per member."""
     def body(m, k):
         return members_step(m, data, k, batch_size, update_fn)
@@ -46,8 +48,7 @@ def train_chunk(members, data, key, num_steps: int, batch_size: int, update_fn=c
 
 
 @functools.lru_cache(maxsize=None)
-def make_train_chunk(num_steps: int, batch_size: int, update_fn=cql.update,
-                     seed_axis: bool = False):
+def make_train_chunk(num_steps: int, batch_size: int, update_fn, seed_axis: bool = False):
     """jit((members, data, key) -> (members, info)): `num_steps` updates in one call.
 
     With `seed_axis`, members and key carry a leading seed axis [S, ...] and the dataset is

@@ -193,10 +193,10 @@ def test_vmapped_members_equal_separate_single_member_updates(tiny_agent_cfg):
     data = dataset()
     members = cql.create_members(jax.random.PRNGKey(0), OBS, ACT, tiny_agent_cfg, n)
     key = jax.random.PRNGKey(42)
-    chunk = offline.make_train_chunk(steps, batch_size=8)
+    chunk = offline.make_train_chunk(steps, batch_size=8, update_fn=cql.update)
     vm, _ = chunk(jax.tree_util.tree_map(jnp.copy, members), data, key)
     step_keys = jax.random.split(key, steps)
-    step_fn = jax.jit(lambda a, k: offline.member_step(a, data, k, 8))
+    step_fn = jax.jit(lambda a, k: offline.member_step(a, data, k, 8, cql.update))
     for i in range(n):
         agent = ensemble.member(members, i)
         for s in range(steps):
@@ -211,7 +211,7 @@ def test_to_ensemble_can_keep_each_members_adam_moments(tiny_agent_cfg):
     critic step is Adam from exactly those moments (NumPy reference), counted once."""
     n, steps = 2, 3
     members = cql.create_members(jax.random.PRNGKey(0), OBS, ACT, tiny_agent_cfg, n)
-    members, _ = offline.make_train_chunk(steps, batch_size=8)(members, dataset(),
+    members, _ = offline.make_train_chunk(steps, 8, cql.update)(members, dataset(),
                                                                 jax.random.PRNGKey(1))
     members = members.ac          # the hand-over takes the members' actor-critics
     agent = ensemble.to_ensemble(members, fresh_optimizers=False, backup_entropy=True)
@@ -252,7 +252,7 @@ def test_members_differ_in_init_and_minibatches(tiny_agent_cfg):
 
 def _q_gap_after_training(cfg, data):
     members = cql.create_members(jax.random.PRNGKey(0), OBS, ACT, cfg, 1)
-    members, _ = offline.make_train_chunk(300, batch_size=64)(members, data,
+    members, _ = offline.make_train_chunk(300, 64, cql.update)(members, data,
                                                               jax.random.PRNGKey(1))
     agent = ensemble.member(members, 0).ac
     q = lambda a: ac.conservative_q(agent, ac.q_values(agent, agent.critic.params,
