@@ -13,7 +13,7 @@ from o2o_jax.context import Context, check_finite
 from o2o_jax.progress import Progress
 from o2o_jax.replay import buffers
 from o2o_jax.rundir import to_scalar
-from o2o_jax.seeds import _split_each, per_seed_rows, seeds_jit, split_each, stack, unstack
+from o2o_jax.seeds import _split_each, per_seed_rows, seeds_jit, split_each
 from o2o_jax.transitions import TRANSITION_KEYS
 
 # Env seeds of seed s: collection envs COLLECT_SEED + s; eval episode e: base + 1_000 s + e.
@@ -29,16 +29,16 @@ def step_config(cfg) -> online.StepConfig:
 
 
 def init_online(ctx: Context, members, key):
-    """Per-seed online states (built one seed at a time), stacked on the seed axis."""
-    k_init = distributed.to_host(key)
-    algo = algorithm.get(ctx.cfg.algo)
-    states = []
-    for s in range(ctx.cfg.num_seeds):
-        m = unstack(members, s)
-        states.append(online.init_state(m, ctx.data, jnp.asarray(k_init[s]), ctx.cfg.online,
-                                        ctx.obs_dim, ctx.act_dim,
-                                        agent=algo.to_online(m, ctx.cfg)))
-    return stack(states)
+    """The online states of all seeds at once (`jax.vmap` over the seed axis of `members`
+    [S, N, ...] and `key` [S, 2]); the offline data are shared, not copied per seed."""
+    algo, cfg = algorithm.get(ctx.cfg.algo), ctx.cfg
+
+    def one(m, k, data):
+        return online.init_state(m, data, k, cfg.online, ctx.obs_dim, ctx.act_dim,
+                                 agent=algo.to_online(m, cfg))
+
+    # The data go in as an argument (a closed-over array would be baked into the program).
+    return jax.jit(jax.vmap(one, in_axes=(0, 0, None)))(members, key, ctx.data)
 
 
 _add_online = jax.jit(jax.vmap(buffers.add_online), donate_argnums=0)

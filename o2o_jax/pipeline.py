@@ -34,7 +34,7 @@ from o2o_jax.context import Context
 from o2o_jax.offline_loop import post_offline_phase, pretrain
 from o2o_jax.online_loop import finetune, init_online
 from o2o_jax.rundir import RunDir
-from o2o_jax.seeds import seed_list, split_each, stack
+from o2o_jax.seeds import seed_list, split_each
 from o2o_jax.sharding import Sharder
 from o2o_jax.transitions import TRANSITION_KEYS
 
@@ -79,7 +79,7 @@ def device_arrays(dataset):
 def create_members(ctx: Context, key):
     """[S, N, ...] members: seed s's N members are created from its key alone."""
     create = algorithm.get(ctx.cfg.algo).create_members
-    return stack([create(k, ctx.obs_dim, ctx.act_dim, ctx.cfg) for k in jnp.asarray(key)])
+    return jax.jit(jax.vmap(lambda k: create(k, ctx.obs_dim, ctx.act_dim, ctx.cfg)))(key)
 
 
 def run(cfg) -> dict:
