@@ -3,10 +3,11 @@
 `online_step` is the whole online gradient step, fused in one jitted function:
   1. draw the RL batch (balanced: prioritized by density ratio; uniform: offline + online;
      online_only), the offline DR batch and the online DR batch;
-  2. the ensemble SAC update (critics, moment-matched actor, temperature; all gradients at
-     the pre-update parameters) and the density-ratio update, also from pre-update params;
-  3. new priorities of the sampled indices from the *pre-update* DR net, written back;
-  4. Polyak update of the 2N target critics (inside the agent update).
+  2. the method's online update (`StepConfig.update_fn`, `Algorithm.online_update(cfg)`;
+     off2on's is the ensemble SAC update: critics, moment-matched actor, temperature, all
+     gradients at the pre-update parameters, Polyak targets) and the density-ratio
+     update, also from pre-update params;
+  3. new priorities of the sampled indices from the *pre-update* DR net, written back.
 `make_train_epoch` scans it K times in one call with the state donated.
 """
 import dataclasses
@@ -40,7 +41,7 @@ class StepConfig:
     replay: str = "balanced"
     priority_temperature: float = 5.0
     fifo_window: int = 250_000             # online DR batch: newest items only
-    update_fn: Optional[Callable] = None   # the agent update; None: ensemble SAC
+    update_fn: Optional[Callable] = None   # the method's online update; None: SAC
 
     def __post_init__(self):
         if self.replay not in REPLAY_MODES:
