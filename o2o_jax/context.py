@@ -25,5 +25,8 @@ class Context:
 def check_finite(ctx: Context, values: dict, where: str):
     """Stop the run (finite.NonFiniteError) on a NaN/inf in `values`, before it is logged or
     checkpointed, naming the newest checkpoint kept."""
-    done = ctx.ckpt.complete() if distributed.is_primary() else []
-    finite.check(values, where, ctx.seeds, done[-1] if done else None)
+    def newest():   # looked up only when a check fails
+        done = ctx.ckpt.complete() if distributed.is_primary() else []
+        return done[-1] if done else None
+
+    finite.check(values, where, ctx.seeds, newest)

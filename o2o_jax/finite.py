@@ -7,7 +7,7 @@ was seen and the likely cause; checkpoints are written only before a check passe
 last one kept is good. `json_safe` turns NaN/inf into null for JSON files.
 """
 import math
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
 
@@ -22,9 +22,10 @@ LIKELY_CAUSE = ("likely causes: rewards or observations too large for float32 ar
 
 
 def check(values: Dict[str, Any], where: str, seeds: Optional[Sequence[int]] = None,
-          last_checkpoint: Optional[str] = None) -> None:
+          last_checkpoint: Optional[Callable[[], Optional[str]]] = None) -> None:
     """Raise NonFiniteError if any of `values` (arrays with a leading seed axis, or
-    scalars) holds NaN or inf. `where` names the point, e.g. "online epoch 12"."""
+    scalars) holds NaN or inf. `where` names the point, e.g. "online epoch 12";
+    `last_checkpoint()` (asked only on a failure) names the checkpoint kept."""
     for name, value in values.items():
         if isinstance(value, str):
             continue
@@ -37,8 +38,9 @@ def check(values: Dict[str, Any], where: str, seeds: Optional[Sequence[int]] = N
         if seeds is not None and arr.ndim and len(seeds) == arr.shape[0]:
             seed_txt = f" (seed {', '.join(str(seeds[i]) for i in rows)})"
         first = bad[rows[0]][~np.isfinite(bad[rows[0]])][0]
-        kept = (f"The last good checkpoint is kept ({last_checkpoint}); a rerun of the same "
-                "command resumes from it" if last_checkpoint else
+        last = last_checkpoint() if last_checkpoint is not None else None
+        kept = (f"The last good checkpoint is kept ({last}); a rerun of the same "
+                "command resumes from it" if last else
                 "No checkpoint of this run was written before it")
         raise NonFiniteError(f"{name} is {first} at {where}{seed_txt}: the run stopped. "
                              f"{LIKELY_CAUSE}. {kept}")

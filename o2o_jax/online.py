@@ -128,10 +128,7 @@ def init_state(members: ActorCritic, offline_data, key: jax.Array, online_cfg,
     """
     oc = online_cfg
     if agent is None:
-        agent = ensemble.to_ensemble(
-            members, reset_temperature=oc.reset_temperature,
-            init_temperature=oc.init_temperature, fresh_optimizers=oc.fresh_optimizers,
-            **ensemble.online_lrs(oc), backup_entropy=bool(oc.backup_entropy))
+        agent = ensemble.hand_over(members, oc)
     num_offline = int(offline_data["rewards"].shape[0])
     example = {k: v[0] for k, v in offline_data.items()}
     replay = buffers.init(num_offline, oc.epochs * oc.env_steps_per_epoch, example)

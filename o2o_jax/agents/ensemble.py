@@ -53,8 +53,7 @@ def to_ensemble(members: ActorCritic, *, reset_temperature: bool = True,
     behaviour) optimizer states are fresh and a single temperature starts at
     `init_temperature` (log alpha = 0). `actor_lr` / `critic_lr` / `temp_lr` set the
     online optimizers' learning rates (None: the members' own). `hparams` overrides static
-    fields for the online phase, e.g. `cql_weight=0.0` (SAC-ft rule),
-    `backup_entropy=True`, `bc_steps=0`.
+    fields for the online phase, e.g. `backup_entropy=True`.
     """
     n = num_stacked(members)
     first = member(members, 0)
@@ -82,17 +81,22 @@ def to_ensemble(members: ActorCritic, *, reset_temperature: bool = True,
     return agent.replace(**hparams) if hparams else agent
 
 
-def to_online(members: ActorCritic, cfg, **overrides) -> ActorCritic:
-    """The hand-over of every actor-critic method, from the experiment config's `online`
-    section (reset alpha, fresh optimizers at the online learning rates, entropy backup as
+def hand_over(members: ActorCritic, online_cfg, **overrides) -> ActorCritic:
+    """The hand-over of every actor-critic method, from a config's `online` section (reset
+    alpha, fresh optimizers at the online learning rates, entropy backup as
     online.backup_entropy); `overrides` replace static fields (AWAC:
     backup_entropy=False)."""
-    oc = cfg.online
+    oc = online_cfg
     hparams = dict(backup_entropy=bool(oc.backup_entropy))
     hparams.update(overrides)
     return to_ensemble(members, reset_temperature=oc.reset_temperature,
                        init_temperature=oc.init_temperature,
                        fresh_optimizers=oc.fresh_optimizers, **online_lrs(oc), **hparams)
+
+
+def to_online(members: ActorCritic, cfg, **overrides) -> ActorCritic:
+    """`hand_over` from the experiment config (the `Algorithm.to_online` shape)."""
+    return hand_over(members, cfg.online, **overrides)
 
 
 def act(agent: ActorCritic, observations: jax.Array, key: jax.Array):
