@@ -45,6 +45,8 @@ _MEMBERS = flags.DEFINE_string("members", None, "Roll out the stochastic ensembl
                                "--dataset_id.")
 _DATASET_ID = flags.DEFINE_string("dataset_id", None, "Id of the --members dataset, e.g. "
                                   "o2o/halfcheetah/authors-members-v0.")
+_ALGO = flags.DEFINE_string("algo", "off2on", "The method whose members --members holds "
+                            "(their state type; off2on's and imported members are CQL).")
 _TABLE = flags.DEFINE_boolean("table", False, "Print a markdown table of the local o2o "
                               "datasets and exit.")
 
@@ -74,30 +76,41 @@ def local_ids():
     return out
 
 
-def load_members(env_name: str, members_dir: str):
-    """The [N, ...] members of one seed of a members checkpoint, and where they came from."""
+def load_members(env_name: str, members_dir: str, algo_name: str = "off2on"):
+    """The policy sampler `(obs, key) -> actions` of one seed's members in a members
+    checkpoint, the number of members, and where they came from.
+
+    The checkpoint is read with the state type of the algorithm that made it (`--algo`;
+    off2on's members, and those of experiments.import_members, are CQL states), and rolled
+    out through that algorithm's online hand-over and `act`: for an ensemble, a sample of the
+    moment-matched policy pi_E."""
     import jax
     import jax.numpy as jnp
     from configs import variants
-    from o2o_jax import checkpoints
-    from o2o_jax.agents import ensemble
+    from o2o_jax import algorithm, checkpoints
+    from o2o_jax.agents import stacking
     meta = checkpoints.read_meta(members_dir)
     obs_dim, act_dim = envs.env_dims(env_name)
     if (meta.get("env"), meta.get("obs_dim"), meta.get("act_dim")) != (env_name, obs_dim,
                                                                           act_dim):
         raise app.UsageError(f"members {members_dir!r} are for env {meta.get('env')!r}, not "
                              f"{env_name!r}; pass the --env they act in")
-    a = variants.task(env_name, "medium", "").agent
+    cfg = variants.task(env_name, "medium", "")
+    cfg.algo = algo_name
+    a = cfg.agent
     a.num_members, a.hidden_dims = int(meta["num_members"]), tuple(meta["hidden_dims"])
     a.activation = meta["activation"]
     a.actor_layer_norm, a.critic_layer_norm = meta["actor_layer_norm"], meta["critic_layer_norm"]
-    template = ensemble.create_members(jax.random.PRNGKey(0), obs_dim, act_dim, a,
-                                       a.num_members)
+    algo = algorithm.get(algo_name)
+    template = algo.create_members(jax.random.PRNGKey(0), obs_dim, act_dim, cfg)
     template = jax.tree_util.tree_map(lambda x: jnp.repeat(x[None], meta["num_seeds"], 0),
                                       template)
     members = jax.tree_util.tree_map(lambda x: x[0], checkpoints.restore(members_dir, template))
-    return members, {"members": members_dir, "num_members": a.num_members,
-                     "imported": meta.get("imported")}
+    agent = algo.to_online(members, cfg)
+    act = jax.jit(algo.act)
+    return ((lambda obs, key: act(agent, obs, key)), stacking.num_stacked(members),
+            {"members": members_dir, "algo": algo_name, "num_members": a.num_members,
+             "imported": meta.get("imported")})
 
 
 def main(argv):
@@ -116,9 +129,10 @@ def main(argv):
     if _MEMBERS.value:
         if not _DATASET_ID.value:
             raise app.UsageError("--members needs --dataset_id (the id to write)")
-        members, info = load_members(_ENV.value, _MEMBERS.value)
-        dataset_id = recipes.build_from_members(_ENV.value, members, _DATASET_ID.value,
-                                                budget, info=info, force=_FORCE.value)
+        sample, num_members, info = load_members(_ENV.value, _MEMBERS.value, _ALGO.value)
+        dataset_id = recipes.build_from_members(_ENV.value, sample, num_members,
+                                                _DATASET_ID.value, budget, info=info,
+                                                force=_FORCE.value)
         ds = loader.load(dataset_id, _ENV.value)
         print(f"[{dataset_id}] loads: {ds.num_transitions:,} transitions")
         print(TABLE_HEADER)

@@ -23,11 +23,11 @@ mkdir -p "$OUT"
 [ -f "$OUT/members1/meta.json" ] || python -m experiments.import_members \
     --source="$SRC" --env=halfcheetah --out="$OUT/members1" --members=0 --eval_episodes=5
 
-# 2. The two offline sets replayed beside them: (a) our recipe's halfcheetah-medium (built
-# if missing, ~15 min), (b) 1M transitions of the members' own stochastic ensemble policy.
+# 2. The offline sets replayed beside them: (a) 1M transitions of the members' own
+# stochastic ensemble policy (every run); (b) our recipe's halfcheetah-medium (the main
+# section only; built if missing, SAC to the medium point first).
 python -m experiments.make_dataset --env=halfcheetah --members="$OUT/members5" \
     --dataset_id=o2o/halfcheetah/authors-members-v0 --num_envs=16
-python -m experiments.make_dataset --env=halfcheetah --kind=medium
 
 train() {   # train <run name> <overrides...>: skips a finished run, resumes an unfinished one
     local name=$1; shift
@@ -42,19 +42,21 @@ if [ "$WHAT" = all ] || [ "$WHAT" = main ]; then
   # 250 epochs, 2 online seeds from the same members, each offline set.
   train off2on_members_data --config.num_seeds=2 "$MEMBERS_DATA" \
       --config.online.load_offline_from="$OUT/members5"
+  python -m experiments.make_dataset --env=halfcheetah --kind=medium
   train off2on_our_data --config.num_seeds=2 "$OUR_DATA" \
       --config.online.load_offline_from="$OUT/members5"
 fi
 if [ "$WHAT" = all ] || [ "$WHAT" = controls ]; then
-  # Controls from the same members, 100 epochs, on the members' data.
+  # Controls from the same members, 100 epochs, on the members' data; the cheap ones
+  # (one member) first.
+  train off2on_n1_member0 "$MEMBERS_DATA" --config.online.epochs=100 \
+      --config.agent.num_members=1 --config.online.load_offline_from="$OUT/members1"
   VARIANT=reference,sac_ft train sac_ft_member0 "$MEMBERS_DATA" --config.online.epochs=100 \
       --config.online.load_offline_from="$OUT/members1"
   train off2on_uniform "$MEMBERS_DATA" --config.online.epochs=100 \
       --config.online.replay=uniform --config.online.load_offline_from="$OUT/members5"
   train off2on_online_only "$MEMBERS_DATA" --config.online.epochs=100 \
       --config.online.replay=online_only --config.online.load_offline_from="$OUT/members5"
-  train off2on_n1_member0 "$MEMBERS_DATA" --config.online.epochs=100 \
-      --config.agent.num_members=1 --config.online.load_offline_from="$OUT/members1"
 fi
 if [ "$WHAT" = all ] || [ "$WHAT" = figure ]; then
   runs=(); labels=()

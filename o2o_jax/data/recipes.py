@@ -423,31 +423,30 @@ def build(env_name: str, kind: str, budget: Optional[Budget] = None, *, force: b
     return _build_rollout(env_name, kind, b, force, log)
 
 
-def build_from_members(env_name: str, members, dataset_id: str, b: Budget, *,
-                       info: Dict[str, Any], force: bool = False,
+def build_from_members(env_name: str, sample: Callable, num_members: int, dataset_id: str,
+                       b: Budget, *, info: Dict[str, Any], force: bool = False,
                        log: Optional[Callable[[str], None]] = None) -> str:
-    """Roll out the stochastic moment-matched ensemble policy of stacked `members` [N, ...]
-    (e.g. imported by experiments.import_members) as the dataset `dataset_id`:
-    `b.transitions` transitions in `b.num_envs` envs; `info` (where the members came
-    from) goes into the metadata. The closest we can get to the data such members were
-    trained on when that data cannot be had."""
+    """Roll out the stochastic policy `sample(obs [E, O], key) -> actions [E, A]` of
+    `num_members` members (for an ensemble: pi_E, e.g. of members imported by
+    experiments.import_members) as the dataset `dataset_id`: `b.transitions` transitions
+    in `b.num_envs` envs; `info` (where the members came from) goes into the metadata. The
+    closest we can get to the data such members were trained on when that data cannot be
+    had."""
     import jax
     import jax.numpy as jnp
-    from o2o_jax.agents import ensemble
     log = log or print
     if store.exists_locally(dataset_id) and not force:
         log(f"[{dataset_id}] exists; keeping it (use --force to rebuild)")
         return dataset_id
     started = time.time()
-    sample = jax.jit(ensemble.members_policy_ensemble)
     key = [jax.random.PRNGKey(b.seed + 1)]
 
     def policy(obs):
         key[0], k = jax.random.split(key[0])
-        return np.asarray(sample(members, jnp.asarray(obs, jnp.float32), k))
+        return np.asarray(sample(jnp.asarray(obs, jnp.float32), k))
 
     log(f"[{dataset_id}] rolling out the stochastic ensemble policy of "
-        f"{ensemble.num_stacked(members)} members: {b.transitions:,} transitions in "
+        f"{num_members} members: {b.transitions:,} transitions in "
         f"{b.num_envs} envs")
     episodes = behavior.rollout(env_name, policy, b.transitions, seed=b.seed + 1000,
                                 num_envs=b.num_envs, label=f"{dataset_id} rollout", log=log)
