@@ -137,7 +137,7 @@ def bench_online(hidden, batch, members, steps, reps, peak, num_offline=1_000_00
     SAC-ensemble step (uniform replay, no DR net): the ratio is what balanced replay costs."""
     from ml_collections import ConfigDict
     from o2o_jax import online
-    from o2o_jax.replay import buffers
+    from o2o_jax.replay.modes import make_replay
 
     data = fake_data(num_offline)
     cfg = agent_cfg(hidden)
@@ -146,12 +146,13 @@ def bench_online(hidden, batch, members, steps, reps, peak, num_offline=1_000_00
                          cql_weight=0.0, backup_entropy=True, epochs=250,
                          env_steps_per_epoch=1000, replay="balanced", init_online_fraction=0.5,
                          dr_hidden_dims=tuple(hidden), dr_lr=3e-4))
-    s0 = online.init_state(m0, data, jax.random.PRNGKey(1), oc, OBS, ACT)
     new = {k: v[:50_000] for k, v in fake_data(50_000).items()}
-    s0 = s0.replace(replay=buffers.add_online(s0.replay, new))
     rows = []
     for name, mode in (("full online step (balanced replay + DR)", "balanced"),
                        ("plain SAC-ensemble step (uniform replay)", "uniform")):
+        oc.replay = mode     # uniform replay: no sum tree, no DR net in the state
+        s0 = online.init_state(m0, data, jax.random.PRNGKey(1), oc, OBS, ACT)
+        s0 = s0.replace(replay=make_replay(mode).add(s0.replay, new))
         fn = online.make_train_epoch(steps, online.StepConfig(batch_size=batch,
                                                               dr_batch_size=batch, replay=mode))
         copy = lambda: (jax.tree_util.tree_map(jnp.copy, s0), data, jax.random.PRNGKey(2))
@@ -207,7 +208,7 @@ def bench_seeds(hidden, batch, members, steps, reps, seed_counts=(1, 2, 4, 8)):
     """The full online step for S vmapped seeds in one program (offline data shared)."""
     from ml_collections import ConfigDict
     from o2o_jax import online, seeds
-    from o2o_jax.replay import buffers
+    from o2o_jax.replay.modes import make_replay
 
     data = fake_data(100_000)
     cfg = agent_cfg(hidden)
@@ -228,7 +229,7 @@ def bench_seeds(hidden, batch, members, steps, reps, seed_counts=(1, 2, 4, 8)):
         for s in range(num):
             m = ensemble.create_members(jax.random.PRNGKey(s), OBS, ACT, cfg, members)
             st = online.init_state(m, data, jax.random.PRNGKey(100 + s), oc, OBS, ACT)
-            states.append(st.replace(replay=buffers.add_online(st.replay, new)))
+            states.append(st.replace(replay=make_replay("balanced").add(st.replay, new)))
         s0 = seeds.stack(states)
         keys = jnp.stack([jax.random.PRNGKey(7 + s) for s in range(num)])
         copy = lambda: (jax.tree_util.tree_map(jnp.copy, s0), data, keys)

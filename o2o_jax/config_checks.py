@@ -115,7 +115,7 @@ def check_online(cfg):
     for f in ("env_steps_per_epoch", "updates_per_epoch", "first_epoch_multiplier",
               "batch_size", "eval_episodes", "fifo_window", "dr_batch_size"):
         positive_int(cfg, f"online.{f}")
-    from o2o_jax.online import REPLAY_MODES
+    from o2o_jax.replay.modes import REPLAY_MODES
     one_of(cfg, "online.replay", REPLAY_MODES)
     in_range(cfg, "online.init_online_fraction", 0.0, 1.0, lo_open=True, hi_open=True)
     positive_float(cfg, "online.priority_temperature")

@@ -1,36 +1,34 @@
 """Online fine-tuning (spec sections 3-5): one XLA program per gradient step, one per epoch.
 
 `online_step` is the whole online gradient step, fused in one jitted function:
-  1. draw the RL batch (balanced: prioritized by density ratio; uniform: offline + online;
-     online_only), the offline DR batch and the online DR batch;
+  1. draw the RL batch from the replay mode (`replay/modes.py`: balanced, prioritized by
+     density ratio; uniform: offline + online; online_only);
   2. the method's online update (`StepConfig.update_fn`, `Algorithm.online_update(cfg)`;
      off2on's is the ensemble SAC update: critics, moment-matched actor, temperature, all
-     gradients at the pre-update parameters, Polyak targets) and the density-ratio
-     update, also from pre-update params;
-  3. new priorities of the sampled indices from the *pre-update* DR net, written back.
+     gradients at the pre-update parameters, Polyak targets);
+  3. the replay's refresh (balanced: new priorities of the sampled indices from the
+     *pre-update* density-ratio net, written back, and that net's update).
 `make_train_epoch` scans it K times in one call with the state donated.
 """
 import dataclasses
 import functools
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 from flax.training.train_state import TrainState
 
-from o2o_jax import density_ratio as dr
 from o2o_jax.agents import ensemble, sac
 from o2o_jax.agents.actor_critic import ActorCritic
 from o2o_jax.replay import buffers
-
-REPLAY_MODES = ("balanced", "uniform", "online_only")
+from o2o_jax.replay.modes import REPLAY_MODES, make_replay
 
 
 class OnlineState(struct.PyTreeNode):
     agent: ActorCritic                      # the online agent (ensemble; BCQ: its members)
-    dr: TrainState                          # density-ratio network
-    replay: buffers.BalancedReplayState     # priorities + online transitions
+    dr: Optional[TrainState]                # density-ratio network (balanced replay; else None)
+    replay: Any                             # the replay mode's state (replay/modes.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,42 +46,30 @@ class StepConfig:
             raise ValueError(f"replay mode {self.replay!r}: allowed {REPLAY_MODES}")
 
 
-def rl_batch(replay: buffers.BalancedReplayState, offline_data, key, cfg: StepConfig):
+def replay_of(cfg: StepConfig):
+    """The replay mode's pure functions for these knobs."""
+    return make_replay(cfg.replay, cfg.dr_batch_size, cfg.priority_temperature,
+                       cfg.fifo_window)
+
+
+def rl_batch(replay, offline_data, key, cfg: StepConfig):
     """The RL minibatch and its buffer indices (index < M: offline transition)."""
-    if cfg.replay == "balanced":
-        return buffers.sample(replay, offline_data, key, cfg.batch_size)
-    m = replay.num_offline
-    if cfg.replay == "uniform":
-        idx = jax.random.randint(key, (cfg.batch_size,), 0, m + replay.online.size)
-    else:  # online_only
-        idx = m + jax.random.randint(key, (cfg.batch_size,), 0,
-                                     jnp.maximum(replay.online.size, 1))
-    return buffers.gather(replay, offline_data, idx), idx
+    return replay_of(cfg).sample(replay, offline_data, key, cfg.batch_size)
 
 
 def online_step(state: OnlineState, offline_data, key: jax.Array, cfg: StepConfig):
     """One fused online gradient step: (state, offline_data, key) -> (state, info)."""
     k_rl, k_off, k_on, k_agent = jax.random.split(key, 4)
-    batch, idx = rl_batch(state.replay, offline_data, k_rl, cfg)
+    replay = replay_of(cfg)
+    batch, idx = replay.sample(state.replay, offline_data, k_rl, cfg.batch_size)
     update_fn = cfg.update_fn or sac.update
     agent, info = update_fn(state.agent, batch, k_agent)
     info["offline_fraction"] = buffers.offline_fraction(idx, state.replay.num_offline)
-    dr_state, replay = state.dr, state.replay
-    if cfg.replay == "balanced":
-        off = buffers.sample_uniform_offline(offline_data, k_off, cfg.dr_batch_size)
-        on = buffers.store_sample_recent(state.replay.online, k_on, cfg.dr_batch_size,
-                                         cfg.fifo_window)
-        # Priorities from the pre-update DR net (the same params dr_update starts from).
-        w_rl = dr.predict_ratio(state.dr, batch["observations"], batch["actions"])
-        w_off = dr.predict_ratio(state.dr, off["observations"], off["actions"])
-        priorities = dr.priorities_from_ratio(w_rl, w_off, cfg.priority_temperature)
-        dr_state, dr_info = dr.dr_update(state.dr, off["observations"], off["actions"],
-                                         on["observations"], on["actions"])
-        replay = buffers.set_priorities(replay, idx, priorities)
-        info.update(dr_info)
-        info["priority_mean"] = jnp.mean(priorities)
-        info["w_rl"] = jnp.mean(w_rl)     # mean ratio of the RL batch
-    return OnlineState(agent=agent, dr=dr_state, replay=replay), info
+    # The refresh's keys are the two the step has always given the DR batches.
+    replay_state, dr_state, replay_info = replay.refresh(
+        state.replay, state.dr, offline_data, batch, idx, jnp.stack([k_off, k_on]))
+    info.update(replay_info)
+    return OnlineState(agent=agent, dr=dr_state, replay=replay_state), info
 
 
 # Also reported for the first step of each call, as `<key>_first_batch`: the authors' rlkit
@@ -125,17 +111,16 @@ def init_state(members: ActorCritic, offline_data, key: jax.Array, online_cfg,
 
     `agent`: the online agent if already built (e.g. by `Algorithm.to_online`); by
     default the members become one ensemble agent (the method's reference hand-over).
+    The replay state (and, for balanced replay, the density-ratio net from `key`) come
+    from the replay mode's `init`.
     """
     oc = online_cfg
     if agent is None:
         agent = ensemble.hand_over(members, oc)
     num_offline = int(offline_data["rewards"].shape[0])
     example = {k: v[0] for k, v in offline_data.items()}
-    replay = buffers.init(num_offline, oc.epochs * oc.env_steps_per_epoch, example)
-    if oc.replay == "balanced":
-        replay = buffers.set_initial_max_priority(replay, oc.init_online_fraction,
-                                                  oc.env_steps_per_epoch)
-    dr_state = dr.create_dr_state(key, obs_dim, act_dim, tuple(oc.dr_hidden_dims), oc.dr_lr)
+    replay, dr_state = make_replay(oc.replay).init(num_offline, example, key, oc, obs_dim,
+                                                   act_dim)
     return OnlineState(agent=agent, dr=dr_state, replay=replay)
 
 

@@ -9,9 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from o2o_jax import algorithm, distributed, envs, online
+from o2o_jax.agents import stacking
 from o2o_jax.context import Context, check_finite
 from o2o_jax.progress import Progress
-from o2o_jax.replay import buffers
+from o2o_jax.replay.modes import make_replay
 from o2o_jax.rundir import to_scalar
 from o2o_jax.seeds import _split_each, per_seed_rows, seeds_jit, split_each
 from o2o_jax.transitions import TRANSITION_KEYS
@@ -41,7 +42,19 @@ def init_online(ctx: Context, members, key):
     return jax.jit(jax.vmap(one, in_axes=(0, 0, None)))(members, key, ctx.data)
 
 
-_add_online = jax.jit(jax.vmap(buffers.add_online), donate_argnums=0)
+def member_mask(ctx: Context, members):
+    """Which leaves of the online agent carry the member axis (after the seed axis of
+    `members` [S, N, ...]), from the method's own hand-over (`stacking.member_mask`): what
+    the Sharder splits when it places one seed's ensemble by member."""
+    algo, cfg = algorithm.get(ctx.cfg.algo), ctx.cfg
+    one_seed = jax.tree_util.tree_map(lambda x: x[0], members)
+    return stacking.member_mask(lambda m: algo.to_online(m, cfg), one_seed)
+
+
+@functools.lru_cache(maxsize=None)
+def _add_online(mode: str):
+    """The replay mode's `add` for all seeds at once (state donated)."""
+    return jax.jit(jax.vmap(make_replay(mode).add), donate_argnums=0)
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -99,7 +112,7 @@ def finetune(ctx: Context, state, key, start_epoch: int = 0, resume_meta=None,
                 recent[s] = (recent[s] + [float(env.last_returns[s])])[-10:]
         new = {k: jnp.asarray(np.stack([t[k] for t in steps], axis=1))
                for k in TRANSITION_KEYS}
-        state = state.replace(replay=_add_online(state.replay, new))
+        state = state.replace(replay=_add_online(oc.replay)(state.replay, new))
         auroc = distributed.to_host(q_auroc(state.agent, new["observations"], new["actions"],
                                             k_auc))
         # Train: one compiled call per epoch's worth of updates, all seeds; the first

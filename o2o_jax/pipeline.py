@@ -32,7 +32,7 @@ from o2o_jax.checkpoints import (CheckpointManager, comparable_config, load_memb
                                  members_expect, members_meta, read_env_state)
 from o2o_jax.context import Context
 from o2o_jax.offline_loop import post_offline_phase, pretrain
-from o2o_jax.online_loop import finetune, init_online
+from o2o_jax.online_loop import finetune, init_online, member_mask
 from o2o_jax.rundir import RunDir
 from o2o_jax.seeds import seed_list, split_each
 from o2o_jax.sharding import Sharder
@@ -183,7 +183,7 @@ def _run(cfg, run_dir: RunDir, ckpt: CheckpointManager, latest, dataset, obs_dim
             run_dir.truncate(latest["csv_rows"])
             start_epoch, resume_meta = latest["epoch"], {**latest, "env_state": env_state}
             offline_return = latest.get("offline_return")
-        state = sharder.seeds(state)
+        state = sharder.seeds(state, member_mask(ctx, members))
         del members
         _, online_return = finetune(ctx, state, k_loop, start_epoch, resume_meta,
                                     offline_return)

@@ -13,14 +13,15 @@ class Sharder:
     Seeds are split over the devices (the largest count dividing `num_seeds`, taken
     evenly from every process's devices in a distributed run); with a
     single seed the ensemble members are split instead (axis 1 of every member-stacked
-    leaf of the agent; buffers, density-ratio net and shared scalars are replicated).
+    leaf of the agent, named explicitly by a member mask; buffers, density-ratio net and
+    shared scalars are replicated).
     Placement only steers XLA's partitioner: the numbers are those of one device up to
     the order of float reductions across devices.
     """
 
     def __init__(self, num_seeds: int, enabled: bool = True, num_members: int = 1):
         devices = jax.devices()
-        self.mesh, self.axis, self.num_members = None, None, num_members
+        self.mesh, self.axis = None, None
         procs = jax.process_count()
         by_process = [[d for d in devices if d.process_index == p] for p in range(procs)]
 
@@ -59,24 +60,27 @@ class Sharder:
                   f"[shard] 1 seed: its {num_members} ensemble members split over "
                   f"{n} devices")
 
-    def seeds(self, tree):
-        """Place seed-stacked state: offline members or the online state."""
+    def seeds(self, tree, member_mask=None):
+        """Place seed-stacked state: offline members (every leaf [S, N, ...]) or the online
+        state. With one seed split by member, the online agent's member-stacked leaves
+        are named by `member_mask` (a bool per leaf of the agent without its seed axis,
+        `stacking.member_mask`): those are split on their member axis (axis 1), the rest
+        (shared temperature, counters, buffers, density-ratio net) replicated."""
         if self.mesh is None:
             return tree
         if self.axis == "seed":
             return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec("seed")))
         by_member = NamedSharding(self.mesh, PartitionSpec(None, "member"))
         replicated = NamedSharding(self.mesh, PartitionSpec())
-
-        def place_agent(agent):
-            return jax.tree_util.tree_map(
-                lambda x: jax.device_put(x, by_member if x.ndim >= 2
-                                         and x.shape[1] == self.num_members else replicated),
-                agent)
-
         if isinstance(tree, online.OnlineState):
-            return jax.device_put(tree, replicated).replace(agent=place_agent(tree.agent))
-        return place_agent(tree)      # offline members: every leaf is [S, N, ...]
+            if member_mask is None:
+                raise ValueError("placing an online state by member needs its agent's "
+                                 "member_mask (stacking.member_mask)")
+            agent = jax.tree_util.tree_map(
+                lambda x, stacked: jax.device_put(x, by_member if stacked else replicated),
+                tree.agent, member_mask)
+            return jax.device_put(tree, replicated).replace(agent=agent)
+        return jax.device_put(tree, by_member)   # offline members: every leaf [S, N, ...]
 
     def shared(self, tree):
         if self.mesh is None:

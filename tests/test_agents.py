@@ -272,3 +272,31 @@ def test_cql_lowers_ood_q_relative_to_data(tiny_agent_cfg):
     tiny_agent_cfg.cql_weight = 5.0
     gap_cql = _q_gap_after_training(tiny_agent_cfg, data)
     assert gap_cql > gap_sac + 1.0, (gap_sac, gap_cql)
+
+
+def test_member_mask_names_the_member_axis_not_a_coincident_size():
+    """stacking.member_mask: exact, by building from N and N + 1 members; a shared leaf that
+    happens to have N rows is not taken for member-stacked (a shape guess would)."""
+    from configs import base
+    from o2o_jax.agents import stacking
+    cfg = base.get_agent_config()
+    cfg.hidden_dims = (3, 3)        # N = 3: every hidden axis has the member count's size
+    members = ensemble.create_members(jax.random.PRNGKey(0), 4, 3, cfg, 3)
+    mask = stacking.member_mask(lambda m: ensemble.to_ensemble(m), members)
+    agent = ensemble.to_ensemble(members)
+    flat = {jax.tree_util.keystr(p): v
+            for p, v in jax.tree_util.tree_flatten_with_path(mask)[0]}
+    shapes = {jax.tree_util.keystr(p): np.shape(x)
+              for p, x in jax.tree_util.tree_flatten_with_path(agent)[0]}
+    assert flat.keys() == shapes.keys()
+    for path, stacked in flat.items():
+        expect = ((".actor" in path or ".critic" in path or "target_critic_params" in path)
+                  and "count" not in path and path not in (".actor.step", ".critic.step"))
+        assert stacked == expect, (path, shapes[path])
+        if stacked:
+            assert shapes[path][0] == 3
+    # A shared leaf of N rows is not member-stacked.
+    coincident = stacking.member_mask(
+        lambda m: {"stacked": m.actor.params, "shared": jnp.zeros((3, 2))}, members)
+    assert not coincident["shared"]
+    assert all(jax.tree_util.tree_leaves(coincident["stacked"]))

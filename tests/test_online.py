@@ -9,6 +9,7 @@ from o2o_jax import density_ratio as dr
 from o2o_jax import online
 from o2o_jax.agents import ensemble, sac
 from o2o_jax.replay import buffers
+from o2o_jax.replay.modes import make_replay
 from tests.helpers import random_batch
 
 OBS, ACT, M = 4, 2, 200
@@ -33,7 +34,7 @@ def make_state(replay="balanced", n=3):
     state = online.init_state(members, data, jax.random.PRNGKey(1), online_cfg(replay), OBS, ACT)
     new = offline_data(seed=5, m=50)
     new["observations"] = new["observations"] + 2.0   # online data look different
-    state = state.replace(replay=buffers.add_online(state.replay, new))
+    state = state.replace(replay=make_replay(replay).add(state.replay, new))
     return state, data
 
 
@@ -92,6 +93,24 @@ def test_other_replay_modes_sample_where_they_should(mode):
         assert idx.min() >= M and idx.max() < size
     np.testing.assert_array_equal(np.asarray(batch["observations"]),
                                   np.asarray(buffers.gather(state.replay, data, jnp.asarray(idx))["observations"]))
+
+
+@pytest.mark.parametrize("mode", ["uniform", "online_only"])
+def test_uniform_modes_build_no_density_ratio_net_or_sum_tree(mode):
+    """make_replay(mode): the uniform modes hold the online ring buffer alone, and their
+    fused step leaves it as it was (no priorities to write back)."""
+    state, data = make_state(mode)
+    assert state.dr is None
+    assert not hasattr(state.replay, "tree")
+    leaves = jax.tree_util.tree_leaves(state.replay)
+    online_items = online_cfg().epochs * online_cfg().env_steps_per_epoch
+    assert sum(x.size for x in leaves) == sum(x.size for x in jax.tree_util.tree_leaves(
+        buffers.store_init(online_items, {k: v[0] for k, v in data.items()}))) 
+    cfg = online.StepConfig(batch_size=32, replay=mode)
+    after, info = jax.jit(lambda s, d, k: online.online_step(s, d, k, cfg))(
+        state, data, jax.random.PRNGKey(2))
+    leaves_close(after.replay, state.replay, rtol=0, atol=0)
+    assert "w_rl" not in info and "dr_loss" not in info
 
 
 def test_scanned_epoch_equals_repeated_steps():

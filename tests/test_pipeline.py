@@ -221,8 +221,8 @@ for name, seeds, shard in (("True", 2, True), ("False", 2, False),
     cfg = tiny_config({out_dir!r}, f"run{{name}}", num_seeds=seeds, shard_seeds=shard)
     state_sharding = []
     original = pipeline.Sharder.seeds
-    def spy(self, tree, original=original):
-        placed = original(self, tree)
+    def spy(self, tree, *args, original=original):
+        placed = original(self, tree, *args)
         state_sharding.append(" ".join(sorted({{str(x.sharding)
                                                 for x in jax.tree_util.tree_leaves(placed)}})))
         return placed

@@ -32,3 +32,23 @@ def num_stacked(members) -> int:
 def member(members, i: int):
     """The i-th single state of a stacked set."""
     return jax.tree_util.tree_map(lambda x: x[i], members)
+
+
+def member_mask(build: Callable, members):
+    """Which leaves of `build(members)` carry the member axis first, as a bool per leaf.
+
+    Found by building abstractly (`jax.eval_shape`, no compute) from N and from N + 1
+    members: a leaf whose leading size follows N is member-stacked. Exact where a guess
+    from shapes (`x.shape[0] == N`) would take any other axis of size N for the member
+    axis. E.g. the online ensemble agent of N members: its actor, critics, targets and
+    their Adam moments are member-stacked; the shared temperature and step counters are
+    not."""
+    n = num_stacked(members)
+    more = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct((n + 1,) + tuple(x.shape[1:]), x.dtype), members)
+    now, tree = jax.tree_util.tree_flatten(jax.eval_shape(build, members))
+    # Leaf by leaf: the two trees' static fields may hold N itself (e.g. `members`).
+    grown = jax.tree_util.tree_leaves(jax.eval_shape(build, more))
+    return jax.tree_util.tree_unflatten(tree, [
+        len(a.shape) > 0 and a.shape[0] == n and b.shape[0] == n + 1
+        for a, b in zip(now, grown, strict=True)])

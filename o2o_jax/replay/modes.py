@@ -1,0 +1,132 @@
+"""Replay modes: how the online phase stores transitions and draws its RL batch, each as
+`make_replay(mode, ...)` returning a frozen set of pure functions (flashbax's `make_*`).
+
+* `balanced` (Off2OnRL, spec section 4): one prioritized buffer over the offline data and
+  the online ring buffer (`buffers.BalancedReplayState`), with priorities from a
+  density-ratio network that is trained in the same step (`refresh`).
+* `uniform`: offline + online transitions drawn uniformly.
+* `online_only`: online transitions drawn uniformly.
+
+The uniform modes build neither the sum tree nor the density-ratio network: their state
+is the online ring buffer alone (`UniformReplayState`) and their `dr` is None.
+
+    replay = make_replay("balanced", dr_batch_size=256, priority_temperature=5.0,
+                         fifo_window=250_000)
+    state, dr = replay.init(num_offline, example, key, online_cfg, obs_dim, act_dim)
+    state = replay.add(state, transitions)                       # [K, ...]
+    batch, idx = replay.sample(state, offline_data, key, batch_size)
+    ... the method's update on `batch` ...
+    state, dr, info = replay.refresh(state, dr, offline_data, batch, idx, keys)  # 2 keys
+
+Indices are buffer leaves: i < num_offline is offline transition i, num_offline + j is
+online slot j (the same convention in every mode).
+"""
+import functools
+from typing import Callable, NamedTuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from o2o_jax import density_ratio as dr
+from o2o_jax.replay import buffers
+
+REPLAY_MODES = ("balanced", "uniform", "online_only")
+
+
+class UniformReplayState(flax.struct.PyTreeNode):
+    """Offline data (held outside, as for balanced replay) plus the online ring buffer."""
+    online: buffers.TransitionStoreState
+    num_offline: int = flax.struct.field(pytree_node=False)
+
+    @property
+    def online_capacity(self) -> int:
+        return self.online.capacity
+
+
+class Replay(NamedTuple):
+    """One replay mode's pure functions (see the module docstring for their shapes)."""
+    mode: str
+    init: Callable      # (num_offline, example, key, online_cfg, obs_dim, act_dim) -> (state, dr)
+    add: Callable       # (state, transitions [K, ...]) -> state
+    sample: Callable    # (state, offline_data, key, batch_size) -> (batch, indices)
+    refresh: Callable   # (state, dr, offline_data, batch, indices, keys [2]) -> (state, dr, info)
+
+
+def online_capacity(online_cfg) -> int:
+    """Every online transition of the run is kept: epochs x env steps per epoch."""
+    return int(online_cfg.epochs * online_cfg.env_steps_per_epoch)
+
+
+# ------------------------------------------------------------------------------ balanced
+
+def _balanced_init(num_offline, example, key, online_cfg, obs_dim, act_dim):
+    oc = online_cfg
+    state = buffers.init(num_offline, online_capacity(oc), example)
+    state = buffers.set_initial_max_priority(state, oc.init_online_fraction,
+                                             oc.env_steps_per_epoch)
+    dr_state = dr.create_dr_state(key, obs_dim, act_dim, tuple(oc.dr_hidden_dims), oc.dr_lr)
+    return state, dr_state
+
+
+def _balanced_refresh(state, dr_state, offline_data, batch, indices, keys, *,
+                      dr_batch_size, priority_temperature, fifo_window):
+    """New priorities of the sampled leaves from the *pre-update* density-ratio net, and
+    the net's own update from the same parameters (an offline and an online DR batch).
+    `keys` [2, ...]: the offline and the online DR batch's keys."""
+    k_off, k_on = keys
+    off = buffers.sample_uniform_offline(offline_data, k_off, dr_batch_size)
+    on = buffers.store_sample_recent(state.online, k_on, dr_batch_size, fifo_window)
+    w_rl = dr.predict_ratio(dr_state, batch["observations"], batch["actions"])
+    w_off = dr.predict_ratio(dr_state, off["observations"], off["actions"])
+    priorities = dr.priorities_from_ratio(w_rl, w_off, priority_temperature)
+    dr_state, info = dr.dr_update(dr_state, off["observations"], off["actions"],
+                                  on["observations"], on["actions"])
+    state = buffers.set_priorities(state, indices, priorities)
+    info["priority_mean"] = jnp.mean(priorities)
+    info["w_rl"] = jnp.mean(w_rl)      # mean ratio of the RL batch
+    return state, dr_state, info
+
+
+# ------------------------------------------------------------------------- uniform modes
+
+def _uniform_init(num_offline, example, key, online_cfg, obs_dim, act_dim):
+    del key, obs_dim, act_dim        # no density-ratio net
+    if not isinstance(num_offline, int) or isinstance(num_offline, bool) or num_offline <= 0:
+        raise ValueError(f"num_offline must be a positive int, got {num_offline!r}")
+    store = buffers.store_init(online_capacity(online_cfg), example)
+    return UniformReplayState(online=store, num_offline=num_offline), None
+
+
+def _uniform_add(state: UniformReplayState, transitions) -> UniformReplayState:
+    return state.replace(online=buffers.store_add(state.online, transitions))
+
+
+def _uniform_sample(state, offline_data, key, batch_size, *, online_only: bool):
+    m = state.num_offline
+    if online_only:
+        idx = m + jax.random.randint(key, (batch_size,), 0, jnp.maximum(state.online.size, 1))
+    else:
+        idx = jax.random.randint(key, (batch_size,), 0, m + state.online.size)
+    return buffers.gather(state, offline_data, idx), idx
+
+
+def _no_refresh(state, dr_state, offline_data, batch, indices, keys):
+    del offline_data, batch, indices, keys
+    return state, dr_state, {}
+
+
+@functools.lru_cache(maxsize=None)
+def make_replay(mode: str, dr_batch_size: int = 256, priority_temperature: float = 5.0,
+                fifo_window: int = 250_000) -> Replay:
+    """The pure functions of replay `mode` (one of REPLAY_MODES); the density-ratio knobs
+    only matter for `balanced`. Cached: equal arguments give the same object."""
+    if mode == "balanced":
+        refresh = functools.partial(_balanced_refresh, dr_batch_size=dr_batch_size,
+                                    priority_temperature=priority_temperature,
+                                    fifo_window=fifo_window)
+        return Replay(mode, _balanced_init, buffers.add_online, buffers.sample, refresh)
+    if mode in ("uniform", "online_only"):
+        sample = functools.partial(_uniform_sample, online_only=mode == "online_only")
+        return Replay(mode, _uniform_init, _uniform_add, sample, _no_refresh)
+    raise ValueError(f"replay mode {mode!r}: allowed {REPLAY_MODES}")
