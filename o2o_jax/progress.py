@@ -15,32 +15,68 @@ def format_seconds(seconds: float) -> str:
 
 
 class Progress:
-    """Prints `label count/total (pct) elapsed ETA [extra]` lines, rate-limited."""
+    """Prints `label count/total (pct) rate elapsed ETA [extra]` lines, rate-limited.
+
+    The rate and the ETA come from the recent rate: the progress made over the last
+    `window_s` seconds of updates (at least the last two updates), not the mean since the
+    start, which start-up, compilation and a changing speed would skew. The interval
+    before the first update (start-up, compilation) counts only until a second update
+    exists. `stops_early`: the job may stop before `total` at a point not known in advance
+    (e.g. "at the medium point"); the ETA then reads as an upper bound, to `total`.
+    """
 
     def __init__(self, label: str, total: int, unit: str = "", every_s: float = 10.0,
-                 log: Optional[Callable[[str], None]] = None, initial: int = 0):
+                 log: Optional[Callable[[str], None]] = None, initial: int = 0,
+                 window_s: float = 120.0, stops_early: Optional[str] = None,
+                 clock: Callable[[], float] = None):
         """`initial`: work already done before this run (a resumed job); the ETA uses the
-        rate of this run only."""
+        rate of this run only. `clock`: seconds (default time.time)."""
         self.label, self.total, self.unit, self.every_s = label, max(int(total), 1), unit, every_s
         self.log = log or (lambda s: print(s, file=sys.stderr, flush=True))
-        self.start = time.time()
+        self.clock = clock or (lambda: time.time())
+        self.window_s, self.stops_early = float(window_s), stops_early
+        self.start = self.clock()
         self.initial = self.count = int(initial)
+        self._samples = [(self.start, self.count)]      # (time, count) of recent updates
         self._last_print = -float("inf")
 
     @property
     def elapsed(self) -> float:
-        return time.time() - self.start
+        return self.clock() - self.start
+
+    def rate(self) -> float:
+        """Units per second over the recent window (0.0 before any progress)."""
+        now_t, now_c = self.clock(), self.count
+        past = self._samples[1:] if len(self._samples) > 2 else self._samples
+        past = [p for p in past if p[0] < now_t or p[1] != now_c] or past
+        within = [p for p in past if now_t - p[0] <= self.window_s and p[0] < now_t]
+        # The oldest update inside the window; else the newest before it.
+        base = within[0] if within else max(past, key=lambda p: p[0])
+        dt, dc = now_t - base[0], now_c - base[1]
+        return dc / dt if dt > 0 and dc > 0 else 0.0
+
+    def _record(self, now: float) -> None:
+        self._samples.append((now, self.count))
+        # Keep the start, the updates inside the window and the last one before it.
+        old = [i for i, p in enumerate(self._samples) if i > 0 and now - p[0] > self.window_s]
+        if len(old) > 1:
+            del self._samples[1:old[-1]]
 
     def line(self, extra: str = "") -> str:
         frac = min(self.count / self.total, 1.0)
         done_here = self.count - self.initial
+        rate = self.rate()
         eta_s = "?"
-        if done_here > 0:
-            eta_s = format_seconds(self.elapsed * max(self.total - self.count, 0) / done_here)
+        if rate > 0:
+            eta_s = format_seconds(max(self.total - self.count, 0) / rate)
+            if self.stops_early:
+                eta_s = (f"<= {eta_s} (to {self.total:,}; stops earlier "
+                         f"{self.stops_early}, when is not known in advance)")
+        elif self.stops_early:
+            eta_s = f"? (stops {self.stops_early} or at {self.total:,})"
         unit = f" {self.unit}" if self.unit else ""
-        rate = done_here / self.elapsed if self.elapsed > 0 else 0.0
         # Slow units (epochs) read better as time per unit than as 0.0/s.
-        speed = (f"{rate:,.1f}{unit}/s" if rate >= 1 or done_here == 0 else
+        speed = (f"{rate:,.1f}{unit}/s" if rate >= 1 or done_here == 0 or rate == 0 else
                  f"{format_seconds(1 / rate)}/{self.unit.rstrip('s') or 'item'}")
         text = (f"[{self.label}] {self.count:,}/{self.total:,}{unit} ({100 * frac:.0f}%) "
                 f"{speed} elapsed {format_seconds(self.elapsed)} ETA {eta_s}")
@@ -52,7 +88,8 @@ class Progress:
         `extra` is a string or a zero-argument callable, called only when a line is printed.
         """
         self.count = int(count)
-        now = time.time()
+        now = self.clock()
+        self._record(now)
         if force or now - self._last_print >= self.every_s:
             self._last_print = now
             self.log(self.line(extra() if callable(extra) else extra))

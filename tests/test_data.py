@@ -323,6 +323,54 @@ def test_progress_eta_counts_only_this_runs_rate(monkeypatch):
     assert lines[-1] == "[online] 2/20 epochs (10%) 1m02s/epoch elapsed 2m05s ETA 18m45s"
 
 
+def test_progress_eta_follows_the_recent_rate_to_a_known_stop():
+    """A job of 2000 units: 10 units/s for 60 s, then 2 units/s for 200 s (updates every
+    10 s). The ETA is the remaining work over the recent rate (2/s: 1000 left -> 500 s),
+    not over the mean since the start (1000 in 260 s -> 260 s)."""
+    from o2o_jax import progress
+    clock = [0.0]
+    lines = []
+    p = progress.Progress("job", 2000, "units", log=lines.append, every_s=0,
+                          clock=lambda: clock[0])
+    count = 0
+    for t in range(10, 261, 10):
+        clock[0] = float(t)
+        count += 100 if t <= 60 else 20
+        p.update(count)
+    assert count == 1000
+    remaining, recent_rate = 2000 - count, 2.0
+    assert abs(p.rate() - recent_rate) < 1e-9
+    assert lines[-1] == (f"[job] 1,000/2,000 units (50%) 2.0 units/s elapsed 4m20s ETA "
+                         f"{progress.format_seconds(remaining / recent_rate)}")   # 8m20s
+    # Early in the slow phase the window still spans part of the fast one.
+    q = progress.Progress("job", 2000, "units", log=lines.append, every_s=0,
+                          clock=lambda: clock[0], window_s=30.0)
+    clock[0] = 0.0
+    q.start, q._samples = 0.0, [(0.0, 0)]
+    for t, c in ((10, 100), (20, 200), (30, 300), (40, 320), (50, 340)):
+        clock[0] = float(t)
+        q.update(c)
+    # Window of 30 s before t = 50: from the update at t = 20 (count 200): 140 in 30 s.
+    assert abs(q.rate() - 140 / 30) < 1e-9
+    # The interval before the first update (start-up, compilation) is left out once a
+    # second update exists: 1 unit/s after a 100 s start.
+    r = progress.Progress("job", 100, "units", log=lines.append, every_s=0,
+                          clock=lambda: clock[0])
+    r.start, r._samples = 0.0, [(0.0, 0)]
+    clock[0] = 100.0
+    r.update(1)
+    clock[0] = 110.0
+    r.update(11)
+    assert abs(r.rate() - 1.0) < 1e-9
+    # A job that may stop early reads its ETA as an upper bound.
+    s = progress.Progress("sac", 1000, "env steps", log=lines.append, every_s=0,
+                          clock=lambda: clock[0], stops_early="at the medium point")
+    clock[0] = 120.0                # created at 110: 100 in 10 s, 900 left at 10/s
+    s.update(100)
+    assert lines[-1].endswith("ETA <= 1m30s (to 1,000; stops earlier at the medium point, "
+                              "when is not known in advance)")
+
+
 def test_failed_download_leaves_nothing(root, monkeypatch):
     code = ("import os, pathlib, sys; pathlib.Path(os.environ['MINARI_DATASETS_PATH'], "
             "sys.argv[1], 'data').mkdir(parents=True); "

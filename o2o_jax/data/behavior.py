@@ -295,7 +295,10 @@ def train_sac(env_name: str, cfg, *, train_steps: int, target_return: float,
     medium = medium_replay = None
     history: List[Tuple[int, float]] = []
     next_eval = (step // eval_every + 1) * eval_every
-    progress = Progress(label, train_steps, "env steps", log=log, initial=step)
+    progress = Progress(label, train_steps, "env steps", log=log, initial=step,
+                        stops_early=(f"at the medium point (eval return >= "
+                                     f"{target_return:.1f})"
+                                     if stop_at_target and not medium_reached else None))
     progress.update(step, f"target return {target_return:.1f}", force=True)
     last_eval, info = float("nan"), {}
     try:
