@@ -94,5 +94,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.online.temp_lr = 3e-4
     c.online.cql_weight = 0.0           # alpha_cql online; only algo cql_ft uses it (> 0)
     c.online.backup_entropy = True
+    # Exploration: 0 = one sample of pi_E (paper); > 0 = the public rerun fork's pick among
+    # the members' own samples by target-Q1 mean + lambda * std (it used 100).
+    c.online.explore_ucb_lambda = 0.0
     c.online.load_offline_from = ""     # members checkpoint dir: skip pretraining
     return c

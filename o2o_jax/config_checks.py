@@ -121,6 +121,12 @@ def check_online(cfg):
     positive_float(cfg, "online.priority_temperature")
     for f in ("dr_lr", "actor_lr", "critic_lr", "temp_lr"):
         positive_float(cfg, f"online.{f}")
+    lam = cfg.online.get("explore_ucb_lambda", 0.0)
+    _check(isinstance(lam, (int, float)) and not isinstance(lam, bool) and lam >= 0,
+           "online.explore_ucb_lambda", lam, "must be a number >= 0 (0: one sample of pi_E)")
+    _check(lam == 0 or cfg.agent.num_members >= 2, "online.explore_ucb_lambda", lam,
+           "needs an ensemble (agent.num_members >= 2): it picks among the members' own "
+           "samples by their disagreement; set it 0 for one member")
 
 
 def check_distributed(cfg):

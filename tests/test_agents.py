@@ -300,3 +300,43 @@ def test_member_mask_names_the_member_axis_not_a_coincident_size():
         lambda m: {"stacked": m.actor.params, "shared": jnp.zeros((3, 2))}, members)
     assert not coincident["shared"]
     assert all(jax.tree_util.tree_leaves(coincident["stacked"]))
+
+
+def test_ucb_exploration_picks_the_most_optimistic_member_sample():
+    """ensemble.ucb_act (the public rerun's exploration) against NumPy: each member's own
+    sample, scored by the target first-twin critics' mean + lambda * std (N - 1) over
+    members, the best taken per state; lambda = 0 takes the highest mean instead."""
+    from configs import base
+    cfg = base.get_agent_config()
+    cfg.hidden_dims = (8, 8)
+    n, b = 3, 6
+    members = ensemble.create_members(jax.random.PRNGKey(0), 4, 2, cfg, n)
+    # Targets differ from the critics, so that using the wrong set would show.
+    members = members.replace(target_critic_params=jax.tree_util.tree_map(
+        lambda x: x * 1.5 + 0.1, members.target_critic_params))
+    agent = ensemble.to_ensemble(members, explore_ucb=100.0)
+    obs = jnp.asarray(np.random.default_rng(1).normal(size=(b, 4)), jnp.float32)
+    key = jax.random.PRNGKey(5)
+    noise = np.asarray(jax.random.normal(key, (n, b, 2)), np.float64)   # the draws it makes
+    props = []
+    for i in range(n):
+        mean, log_std = ref.actor(ensemble.member(members, i).actor.params, obs)
+        props.append(ref.tanh_gaussian_sample(mean, log_std, noise[i])[0])
+    props = np.stack(props)                                            # [N, B, A]
+    q1 = np.stack([[ref.critic(jax.tree_util.tree_map(lambda x: x[j],
+                                                      members.target_critic_params),
+                               obs, props[i])[0] for i in range(n)] for j in range(n)])
+    for lam in (100.0, 0.0):
+        score = q1.mean(0) + lam * q1.std(0, ddof=1)                   # [N, B]
+        expected = props[np.argmax(score, 0), np.arange(b)]
+        got = np.asarray(ensemble.ucb_act(agent, obs, key, lam))
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    # act() takes this path only when explore_ucb > 0; else one sample of pi_E.
+    np.testing.assert_allclose(np.asarray(ensemble.act(agent, obs, key)),
+                               np.asarray(ensemble.ucb_act(agent, obs, key, 100.0)))
+    plain = agent.replace(explore_ucb=0.0)
+    np.testing.assert_allclose(np.asarray(ensemble.act(plain, obs, key)),
+                               np.asarray(ac.act(plain, obs, key)))
+    # The picks differ between lambda = 100 and 0 on some state (the test can tell them).
+    assert not np.allclose(np.asarray(ensemble.ucb_act(agent, obs, key, 100.0)),
+                           np.asarray(ensemble.ucb_act(agent, obs, key, 0.0)))

@@ -34,6 +34,7 @@ BAD = [
     ("offline.batch_size", -256, "positive integer"),
     ("online.replay", "prioritised", "must be one of"),
     ("online.init_online_fraction", 1.0, r"must lie in \(0.0, 1.0\)"),
+    ("online.explore_ucb_lambda", -1.0, ">= 0"),
     ("num_seeds", 0, "positive integer"),
     # The method fine-tunes with SAC: a CQL weight online would be silently unused.
     ("online.cql_weight", 5.0, "algo=cql_ft"),
@@ -90,3 +91,12 @@ def test_distributed_auto_outside_a_cluster_says_what_to_set():
     assert proc.returncode != 0
     assert "distributed.coordinator_address" in proc.stderr
     assert "found no cluster" in proc.stderr
+
+
+def test_ucb_exploration_needs_an_ensemble():
+    c = hopper_medium.get_config("quick")
+    c.online.explore_ucb_lambda = 100.0
+    config_checks.check(c)                   # N = 2: allowed
+    c.agent.num_members = 1
+    with pytest.raises(ConfigError, match="agent.num_members >= 2"):
+        config_checks.check(c)

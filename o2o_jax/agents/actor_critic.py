@@ -41,6 +41,10 @@ class ActorCritic(struct.PyTreeNode):
     tau: float = struct.field(pytree_node=False, default=5e-3)
     target_entropy: float = struct.field(pytree_node=False, default=-1.0)
     backup_entropy: bool = struct.field(pytree_node=False, default=True)
+    # Exploration of an ensemble agent (`ensemble.act`): 0 = one sample of pi_E (the
+    # paper's rule); lambda > 0 = the public rerun fork's optimistic pick among the
+    # members' own samples (`ensemble.ucb_act`).
+    explore_ucb: float = struct.field(pytree_node=False, default=0.0)
 
     @property
     def alpha(self) -> jax.Array:

@@ -87,7 +87,8 @@ def hand_over(members: ActorCritic, online_cfg, **overrides) -> ActorCritic:
     online.backup_entropy); `overrides` replace static fields (AWAC:
     backup_entropy=False)."""
     oc = online_cfg
-    hparams = dict(backup_entropy=bool(oc.backup_entropy))
+    hparams = dict(backup_entropy=bool(oc.backup_entropy),
+                   explore_ucb=float(oc.get("explore_ucb_lambda", 0.0)))
     hparams.update(overrides)
     return to_ensemble(members, reset_temperature=oc.reset_temperature,
                        init_temperature=oc.init_temperature,
@@ -100,8 +101,29 @@ def to_online(members: ActorCritic, cfg, **overrides) -> ActorCritic:
 
 
 def act(agent: ActorCritic, observations: jax.Array, key: jax.Array):
-    """A sample of the agent's policy (ensemble: of pi_E)."""
+    """A sample of the agent's policy (ensemble: of pi_E; with `explore_ucb` > 0, the
+    optimistic pick of `ucb_act`)."""
+    if agent.members > 0 and agent.explore_ucb > 0:
+        return ucb_act(agent, observations, key, agent.explore_ucb)
     return ac.act(agent, observations, key)
+
+
+def ucb_act(agent: ActorCritic, observations: jax.Array, key: jax.Array, ucb_lambda: float):
+    """The exploration of the public rerun of the authors' code (TaoHuang13/Off2OnRL,
+    rlkit/examples/ours.py `get_action`; not the paper's rule): every member's own policy
+    proposes one sample; each proposal a_i is scored by the members' *target* first-twin
+    critics as mean_j Q1bar_j(s, a_i) + lambda * std_j Q1bar_j(s, a_i) (std with N - 1, as
+    torch.std); the best-scoring proposal is taken. The rerun used lambda = 100.
+
+    `observations` [B, obs_dim] -> actions [B, act_dim]."""
+    means, log_stds = jax.vmap(lambda p: agent.actor.apply_fn({"params": p}, observations))(
+        agent.actor.params)                                          # [N, B, A]
+    proposals, _ = dist.sample(key, means, log_stds)                  # [N, B, A]
+    obs = jnp.broadcast_to(observations[None], proposals.shape[:-1] + observations.shape[-1:])
+    q1 = ac.q_values(agent, agent.target_critic_params, obs, proposals)[:, 0]   # [N_q, N, B]
+    score = jnp.mean(q1, axis=0) + ucb_lambda * jnp.std(q1, axis=0, ddof=1)    # [N, B]
+    best = jnp.argmax(score, axis=0)                                             # [B]
+    return jnp.take_along_axis(proposals, best[None, :, None], axis=0)[0]
 
 
 def act_eval(agent: ActorCritic, observations: jax.Array):
