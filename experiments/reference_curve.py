@@ -19,6 +19,8 @@ the same statistic, where a run logged them, else from the epoch means):
   q1_data           <-> trainer/Q1 Predictions Mean (first twin, all members)
   w_offline         <-> trainer/Offline Weights Mean
   w_online          <-> trainer/Online Weights Mean
+  log_pi            <-> trainer/Log Pis Mean (ours: minus the `entropy` column, the mean
+                        log pi_E of the actor loss's samples)
 """
 import argparse
 import csv
@@ -36,7 +38,9 @@ TARGET_EPOCHS = (50, 100, 250)
 PAIRS = (("eval_return", "evaluation/Average Returns"), ("alpha", "trainer/Alpha"),
          ("q1_data", "trainer/Q1 Predictions Mean"),
          ("w_offline", "trainer/Offline Weights Mean"),
-         ("w_online", "trainer/Online Weights Mean"))
+         ("w_online", "trainer/Online Weights Mean"),
+         ("log_pi", "trainer/Log Pis Mean"))
+DERIVED = {"log_pi": ("entropy", -1.0)}   # ours: key -> (our column, factor)
 
 
 def read_reference(path: str) -> Dict[str, np.ndarray]:
@@ -65,13 +69,16 @@ def run_curves(run) -> Dict[str, np.ndarray]:
     keys = [k for k, _ in PAIRS] + ["offline_fraction", "normalized_score"]
     keys += [k + FIRST for k in keys]
     for key in keys:
-        if key not in m:
+        base = key[:-len(FIRST)] if key.endswith(FIRST) else key
+        column, factor = DERIVED.get(base, (base, 1.0))
+        column += key[len(base):]
+        if column not in m:
             continue
         vals = np.full((len(seed_ids), n), np.nan)
-        col = m[key][online]
+        col = m[column][online]
         for e, s, v in zip(epochs, seeds, col):
             try:
-                vals[seed_ids.index(s), e] = float(v)
+                vals[seed_ids.index(s), e] = factor * float(v)
             except (TypeError, ValueError):
                 pass
         out[key] = vals
@@ -167,6 +174,8 @@ def main(argv=None):
         return f"{'':9} "
 
     for ours_key, ref_key in PAIRS[1:]:
+        if ref_key not in ref:
+            continue
         print(f"  {ours_key} vs {ref_key}:")
         for e in MILESTONES:
             if e >= len(ref_epochs):
@@ -204,9 +213,10 @@ def main(argv=None):
     plt.close(fig)
     print(f"\nwrote {path}")
 
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    fig, axes = plt.subplots(1, len(PAIRS) - 1, figsize=(4 * (len(PAIRS) - 1), 3.6))
     for ax, (ours_key, ref_key) in zip(axes, PAIRS[1:]):
-        ax.plot(ref_epochs, ref[ref_key], color="black", lw=1.2, label="authors' code")
+        if ref_key in ref:
+            ax.plot(ref_epochs, ref[ref_key], color="black", lw=1.2, label="authors' code")
         for lab, c in zip(labels, all_curves):
             for k, style, tag in ((ours_key + FIRST, "-", "first batch"),
                                   (ours_key, ":", "epoch mean")):

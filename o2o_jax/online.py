@@ -76,7 +76,7 @@ def online_step(state: OnlineState, offline_data, key: jax.Array, cfg: StepConfi
 # logs its trainer statistics from the first batch of each epoch, so these columns are the
 # like-for-like comparison with their progress.csv.
 FIRST_BATCH_KEYS = ("q1_data", "q_data", "q_target", "alpha", "w_offline", "w_online", "w_rl",
-                    "offline_fraction")
+                    "offline_fraction", "entropy")
 FIRST_BATCH_SUFFIX = "_first_batch"
 
 

@@ -31,7 +31,7 @@ def write_run(path, returns_per_seed, q1_first=None):
         for s, rets in enumerate(returns_per_seed):
             r = {"phase": "online", "epoch": e, "step": e, "env_steps": 1000 * e, "seed": s,
                  "eval_return": rets[e], "normalized_score": rets[e] / 100.0,
-                 "alpha": 0.3, "q1_data": 5.0}
+                 "alpha": 0.3, "q1_data": 5.0, "entropy": 4.0}
             if q1_first is not None:
                 r["q1_data_first_batch"] = q1_first[e]
             rows.append(r)
@@ -54,6 +54,8 @@ def test_targets_and_table(tmp_path):
                                             verbose=False)
     ref_cols = reference_curve.read_reference(str(tmp_path / "progress.csv"))
     good_lines = reference_curve.check_targets(reference_curve.run_curves(runs[0]), ref_cols)
+    # rlkit's Log Pis Mean is set beside minus our entropy column.
+    np.testing.assert_array_equal(reference_curve.run_curves(runs[0])["log_pi"], -4.0)
     bad_lines = reference_curve.check_targets(reference_curve.run_curves(runs[1]), ref_cols)
     assert "[target <= 5: met]" in good_lines[0]
     assert all("+0.0%" in line and "met" in line for line in good_lines[1:])
