@@ -45,13 +45,15 @@ class Progress:
         return self.clock() - self.start
 
     def rate(self) -> float:
-        """Units per second over the recent window (0.0 before any progress)."""
-        now_t, now_c = self.clock(), self.count
-        past = self._samples[1:] if len(self._samples) > 2 else self._samples
-        past = [p for p in past if p[0] < now_t or p[1] != now_c] or past
-        within = [p for p in past if now_t - p[0] <= self.window_s and p[0] < now_t]
-        # The oldest update inside the window; else the newest before it.
-        base = within[0] if within else max(past, key=lambda p: p[0])
+        """Units per second over the recent window, up to the newest update (0.0 before
+        any progress)."""
+        if len(self._samples) < 2:
+            return 0.0
+        now_t, now_c = self._samples[-1]
+        # The start's interval (start-up, compilation) only until a second update exists.
+        past = self._samples[1:-1] if len(self._samples) > 2 else self._samples[:1]
+        within = [p for p in past if now_t - p[0] <= self.window_s]
+        base = within[0] if within else past[-1]   # oldest inside the window, else newest
         dt, dc = now_t - base[0], now_c - base[1]
         return dc / dt if dt > 0 and dc > 0 else 0.0
 

@@ -362,6 +362,13 @@ def test_progress_eta_follows_the_recent_rate_to_a_known_stop():
     clock[0] = 110.0
     r.update(11)
     assert abs(r.rate() - 1.0) < 1e-9
+    # A clock that moves on between the update and the line it prints (as a real one
+    # does): the rate is still measured up to the update.
+    times = iter([0.0, 200.0, 200.5, 201.0, 201.5])
+    t = progress.Progress("job", 10, "epochs", log=lines.append, every_s=0,
+                          clock=lambda: next(times))
+    t.update(1)                                   # 1 epoch in 200 s; printed at 200.5 s
+    assert "3m20s/epoch" in lines[-1] and "ETA 30m00s" in lines[-1], lines[-1]
     # A job that may stop early reads its ETA as an upper bound.
     s = progress.Progress("sac", 1000, "env steps", log=lines.append, every_s=0,
                           clock=lambda: clock[0], stops_early="at the medium point")
