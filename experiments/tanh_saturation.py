@@ -3,10 +3,14 @@ run: the fraction of pre-tanh samples z of pi_E with |z| > 7.25 (beyond which rl
 log(1 - tanh(z)^2 + 1e-6) and the exact log(1 - tanh(z)^2) differ by more than 1e-6 per
 dimension), and the mean log pi_E under both formulas, on the newest online states.
 
-    python -m experiments.tanh_saturation RUN_DIR [--states=20000] [--seed_index=0]
+    python -m experiments.tanh_saturation RUN_DIR [--states=20000] [--seed_index=0] \
+        [--dataset=o2o/halfcheetah/authors-members-v0]
 
 Tells whether the log-prob formula can matter for a run (it cannot where no sample
-saturates).
+saturates). With `--dataset`, also the mean log pi_E on that data set's states (every
+k-th, `--states` of them): beside the online states' value, it shows where the policy is
+more certain, which sets the level alpha must take to hold the RL batch's mean log pi at
+minus the target entropy.
 """
 import argparse
 import glob
@@ -33,6 +37,7 @@ def main(argv=None):
     p.add_argument("run_dir")
     p.add_argument("--states", type=int, default=20_000)
     p.add_argument("--seed_index", type=int, default=0)
+    p.add_argument("--dataset", default=None, help="also measure on this offline data set")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     import jax
@@ -65,17 +70,30 @@ def main(argv=None):
         log_std_min=float(a["log_std_min"]), log_std_max=float(a["log_std_max"]),
         mean_clip=a["mean_clip"])
     from o2o_jax import distributions as dist
-    means, log_stds = jax.vmap(lambda prm: actor_def.apply({"params": prm}, obs))(actor)
-    mean, log_std = dist.ensemble_moments(means, log_stds)
-    noise = np.asarray(jax.random.normal(jax.random.PRNGKey(0), mean.shape))
-    exact, eps, frac = log_pis(np.asarray(mean, np.float64), np.asarray(log_std, np.float64),
-                               noise)
+
+    def measure(states):
+        means, log_stds = jax.vmap(lambda prm: actor_def.apply({"params": prm}, states))(actor)
+        mean, log_std = dist.ensemble_moments(means, log_stds)
+        noise = np.asarray(jax.random.normal(jax.random.PRNGKey(0), mean.shape))
+        exact, eps, frac = log_pis(np.asarray(mean, np.float64),
+                                   np.asarray(log_std, np.float64), noise)
+        return mean, log_std, exact, eps, frac
+
+    mean, log_std, exact, eps, frac = measure(obs)
     print(f"{paths[-1]}: {obs.shape[0]} newest online states, seed index {s}")
     print(f"  mean |mu_E| {float(jnp.mean(jnp.abs(mean))):.3f}, mean sigma_E "
           f"{float(jnp.mean(jnp.exp(log_std))):.3f}")
     print(f"  fraction of sampled |z| > {SATURATED}: {frac:.2e}")
     print(f"  mean log pi_E: exact {exact.mean():.5f}, with 1e-6 in the log {eps.mean():.5f} "
           f"(difference {abs(exact.mean() - eps.mean()):.1e})")
+    if args.dataset:
+        from o2o_jax.data import loader
+        off = loader.load(args.dataset, cfg["env"]).arrays["observations"]
+        off = jnp.asarray(off[::max(1, off.shape[0] // args.states)][:args.states])
+        _, off_log_std, off_exact, _, off_frac = measure(off)
+        print(f"  on {off.shape[0]} states of {args.dataset}: mean log pi_E "
+              f"{off_exact.mean():.3f} (online states: {exact.mean():.3f}), mean sigma_E "
+              f"{float(jnp.mean(jnp.exp(off_log_std))):.3f}, saturated {off_frac:.2e}")
     return 0
 
 
