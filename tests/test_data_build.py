@@ -153,3 +153,20 @@ def test_ensure_builds_medium_with_sac(tmp_path, monkeypatch):
     ds = loader.ensure("hopper", "medium", build_transitions=120, log=lambda s: None, **tiny)
     assert ds.num_transitions == 120 and ds.metadata["o2o_kind"] == "medium"
     assert store.exists_locally("o2o/hopper/medium-replay-v0")   # side product of the run
+
+
+def test_announced_time_of_a_medium_build(tmp_path, monkeypatch):
+    """The announcement gives the typical time to the medium point our own seed-0 build
+    took (hopper: 200k env steps at ~95 SAC steps/s, then a 1M rollout), with the cap as
+    the upper bound; with other settings it says the stop is not known in advance."""
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    from o2o_jax.progress import format_seconds
+    b = recipes.make_budget()
+    text = recipes.describe("hopper", "medium", b)
+    typical = 200_000 / 95.0 + 1_000_000 / 5_800.0
+    upper = 1_000_000 / 95.0 + 1_000_000 / 5_800.0
+    assert (f"Expected time: ~{format_seconds(typical)} (our seed-0 build of this recipe "
+            f"reached the medium point at 200,000 env steps; up to ~{format_seconds(upper)}"
+            in text), text
+    other = recipes.describe("hopper", "medium", recipes.make_budget(seed=3))
+    assert f"up to ~{format_seconds(upper)} (SAC stops at the medium point, which is not known" in other

@@ -42,6 +42,9 @@ SAC_STEPS_PER_S = 95.0           # env step + gradient step + evals, hidden (256
 ROLLOUT_STEPS_PER_S = 5_800.0    # batched stochastic policy rollouts, 8 envs
 RANDOM_STEPS_PER_S = 7_600.0     # uniform random actions, 8 envs
 WRITE_EPISODES_PER_S = 500.0     # HDF5 episode groups written by Minari
+# Env steps at which our own seed-0 SAC runs with the default budget reached the default
+# medium target (DATASETS.md): the typical length of the medium / medium-replay SAC run.
+MEDIUM_POINT_STEPS = {"hopper": 200_000, "halfcheetah": 90_000, "walker2d": 280_000}
 
 DIFFERENCES_FROM_D4RL = (
     "Gymnasium v5 envs (D4RL: v2); terminations and truncations stored separately; random "
@@ -172,6 +175,20 @@ def estimate_seconds(env_name: str, kind: str, b: Budget) -> float:
                if not store.exists_locally(default_id(env_name, k)))
 
 
+def medium_point_seconds(env_name: str, b: Budget) -> Optional[float]:
+    """Expected time of the SAC run to the medium point, from where our own build of the
+    same recipe stopped (seed 0, default target and SAC settings); None where the budget
+    differs: then when it stops is not known in advance."""
+    d = Budget()
+    same = (b.target_return is None and b.seed == d.seed
+            and tuple(b.hidden_dims) == d.hidden_dims and b.batch_size == d.batch_size
+            and b.start_steps == d.start_steps and b.eval_every == d.eval_every)
+    steps = MEDIUM_POINT_STEPS.get(env_name)
+    if not same or steps is None:
+        return None
+    return min(steps, b.train_steps) / (SAC_STEPS_PER_S / max(_sac_scale(b), 0.05))
+
+
 def describe(env_name: str, kind: str, b: Budget) -> str:
     ds = default_id(env_name, kind)
     target = b.target(env_name)
@@ -188,9 +205,24 @@ def describe(env_name: str, kind: str, b: Budget) -> str:
         "medium-expert": f"medium + expert datasets ({b.transitions:,} transitions each)",
     }[kind]
     est = estimate_seconds(env_name, kind, b)
-    return (f"Building dataset {ds}: {what}. Expected time: up to ~{format_seconds(est)} "
-            f"(rough, from a 2-core CPU at ~{SAC_STEPS_PER_S:.0f} SAC steps/s; reused "
-            f"policies or an early medium point make it shorter). Progress with ETA follows.")
+    pdir = policy_dir(env_name, b.seed)
+    typical = medium_point_seconds(env_name, b)
+    trains_to_medium = (kind == "medium-replay"
+                        or (kind == "medium" and not (pdir / "medium.json").exists()))
+    if trains_to_medium and typical is not None:
+        rest = est - b.train_steps / (SAC_STEPS_PER_S / max(_sac_scale(b), 0.05))
+        when = (f"~{format_seconds(typical + rest)} (our seed-0 build of this recipe "
+                f"reached the medium point at {MEDIUM_POINT_STEPS[env_name]:,} env steps; "
+                f"up to ~{format_seconds(est)} if it is reached later or not at all")
+    elif trains_to_medium:
+        when = (f"up to ~{format_seconds(est)} (SAC stops at the medium point, which is not "
+                "known in advance for these settings")
+    elif kind == "random":
+        when = f"~{format_seconds(est)} (no training"
+    else:
+        when = f"up to ~{format_seconds(est)} (reused policies make it shorter"
+    return (f"Building dataset {ds}: {what}. Expected time: {when}; rough, from a 2-core CPU "
+            f"at ~{SAC_STEPS_PER_S:.0f} SAC steps/s). Progress with ETA follows.")
 
 
 # --------------------------------------------------------------------------------------
