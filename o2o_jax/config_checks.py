@@ -127,6 +127,12 @@ def check_online(cfg):
     _check(lam == 0 or cfg.agent.num_members >= 2, "online.explore_ucb_lambda", lam,
            "needs an ensemble (agent.num_members >= 2): it picks among the members' own "
            "samples by their disagreement; set it 0 for one member")
+    from o2o_jax import algorithm
+    from o2o_jax.agents import ensemble
+    _check(lam == 0 or algorithm.get(cfg.algo).act is ensemble.act,
+           "online.explore_ucb_lambda", lam,
+           f"is read by the ensemble actor-critic's act; algo {cfg.algo!r} acts by its own "
+           "rule and would ignore it: set it 0")
 
 
 def check_distributed(cfg):

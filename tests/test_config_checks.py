@@ -100,3 +100,7 @@ def test_ucb_exploration_needs_an_ensemble():
     c.agent.num_members = 1
     with pytest.raises(ConfigError, match="agent.num_members >= 2"):
         config_checks.check(c)
+    c = hopper_medium.get_config("quick,bcq_ft")      # acts by its own rule
+    c.online.explore_ucb_lambda = 100.0
+    with pytest.raises(ConfigError, match="would ignore it"):
+        config_checks.check(c)
