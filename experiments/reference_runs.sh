@@ -53,6 +53,9 @@ if [ "$WHAT" = all ] || [ "$WHAT" = controls ]; then
       --config.agent.num_members=1 --config.online.load_offline_from="$OUT/members1"
   VARIANT=reference,sac_ft train sac_ft_member0 "$MEMBERS_DATA" --config.online.epochs=100 \
       --config.online.load_offline_from="$OUT/members1"
+  # The public rerun's exploration (each member proposes, UCB lambda = 100 picks).
+  train off2on_ucb100 "$MEMBERS_DATA" --config.online.epochs=100 \
+      --config.online.explore_ucb_lambda=100 --config.online.load_offline_from="$OUT/members5"
   train off2on_uniform "$MEMBERS_DATA" --config.online.epochs=100 \
       --config.online.replay=uniform --config.online.load_offline_from="$OUT/members5"
   train off2on_online_only "$MEMBERS_DATA" --config.online.epochs=100 \
@@ -60,7 +63,7 @@ if [ "$WHAT" = all ] || [ "$WHAT" = controls ]; then
 fi
 if [ "$WHAT" = all ] || [ "$WHAT" = figure ]; then
   runs=(); labels=()
-  for r in off2on_members_data off2on_our_data sac_ft_member0 off2on_uniform \
+  for r in off2on_members_data off2on_our_data sac_ft_member0 off2on_ucb100 off2on_uniform \
            off2on_online_only off2on_n1_member0; do
     [ -f "$OUT/$r/metrics.csv" ] && { runs+=("$OUT/$r"); labels+=(--label="$r"); }
   done
