@@ -58,6 +58,11 @@ class Progress:
         return dc / dt if dt > 0 and dc > 0 else 0.0
 
     def _record(self, now: float) -> None:
+        # Updates closer than window_s / 120 to the previous kept one replace the newest
+        # sample (a rollout updates every env step): the window holds ~120 samples at most.
+        if len(self._samples) > 2 and now - self._samples[-2][0] < self.window_s / 120:
+            self._samples[-1] = (now, self.count)
+            return
         self._samples.append((now, self.count))
         # Keep the start, the updates inside the window and the last one before it.
         old = [i for i, p in enumerate(self._samples) if i > 0 and now - p[0] > self.window_s]

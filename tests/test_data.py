@@ -369,6 +369,15 @@ def test_progress_eta_follows_the_recent_rate_to_a_known_stop():
                           clock=lambda: next(times))
     t.update(1)                                   # 1 epoch in 200 s; printed at 200.5 s
     assert "3m20s/epoch" in lines[-1] and "ETA 30m00s" in lines[-1], lines[-1]
+    # A rollout updating every 4 ms for 250 s: the window keeps ~120 samples, and the
+    # rate is still exact (16 units per 4 ms).
+    clock[0] = 0.0
+    u = progress.Progress("roll", 10 ** 6, "t", log=lines.append, every_s=1e9,
+                          clock=lambda: clock[0])
+    for i in range(1, 62_501):
+        clock[0] = i * 0.004
+        u.update(16 * i)
+    assert len(u._samples) <= 130 and abs(u.rate() - 4000.0) < 1e-6
     # A job that may stop early reads its ETA as an upper bound.
     s = progress.Progress("sac", 1000, "env steps", log=lines.append, every_s=0,
                           clock=lambda: clock[0], stops_early="at the medium point")
