@@ -42,8 +42,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     import jax
     import jax.numpy as jnp
+    import ml_collections
     import orbax.checkpoint as ocp
-    from o2o_jax import networks
+    from o2o_jax import envs
+    from o2o_jax.agents import actor_critic
     paths = sorted(glob.glob(os.path.join(args.run_dir, "checkpoints", "*", "state")))
     if not paths:
         print(f"tanh_saturation: no checkpoint under {args.run_dir}/checkpoints",
@@ -62,17 +64,15 @@ def main(argv=None):
     online = tree["state"]["replay"]["online"]
     size = int(np.asarray(online["size"])[s])
     obs = jnp.asarray(np.asarray(online["data"]["observations"][s][:size])[-args.states:])
-    a = cfg["agent"]
-    act_dim = int(np.asarray(actor["mean"]["bias"]).shape[-1])
-    actor_def = networks.make(
-        networks.TanhGaussianActor, action_dim=act_dim, hidden_dims=tuple(a["hidden_dims"]),
-        activation=a["activation"], layer_norm=a["actor_layer_norm"],
-        log_std_min=float(a["log_std_min"]), log_std_max=float(a["log_std_max"]),
-        mean_clip=a["mean_clip"])
+    # The run's actor network, built as the run built it (its agent config section).
+    agent_cfg = ml_collections.ConfigDict(cfg["agent"])
+    agent_cfg.hidden_dims = tuple(agent_cfg.hidden_dims)
+    obs_dim, act_dim = envs.env_dims(cfg["env"])
+    one = actor_critic.create(jax.random.PRNGKey(0), obs_dim, act_dim, agent_cfg)
     from o2o_jax import distributions as dist
 
     def measure(states):
-        means, log_stds = jax.vmap(lambda prm: actor_def.apply({"params": prm}, states))(actor)
+        means, log_stds = actor_critic.member_policies(one, actor, states)
         mean, log_std = dist.ensemble_moments(means, log_stds)
         noise = np.asarray(jax.random.normal(jax.random.PRNGKey(0), mean.shape))
         exact, eps, frac = log_pis(np.asarray(mean, np.float64),

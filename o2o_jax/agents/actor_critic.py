@@ -131,11 +131,16 @@ def policy(agent: ActorCritic, actor_params: Params, observations: jax.Array):
     For an ensemble agent this is the moment-matched ensemble policy of paper eq. 5,
     differentiable in all members' parameters.
     """
-    apply = agent.actor.apply_fn
     if agent.members == 0:
-        return apply({"params": actor_params}, observations)
-    means, log_stds = jax.vmap(lambda p: apply({"params": p}, observations))(actor_params)
-    return dist.ensemble_moments(means, log_stds)
+        return agent.actor.apply_fn({"params": actor_params}, observations)
+    return dist.ensemble_moments(*member_policies(agent, actor_params, observations))
+
+
+def member_policies(agent: ActorCritic, actor_params: Params, observations: jax.Array):
+    """Each member's own pre-tanh (mean, log_std) at `observations`: [N, *batch, act_dim]
+    (the stacked actor parameters applied member by member)."""
+    apply = agent.actor.apply_fn
+    return jax.vmap(lambda p: apply({"params": p}, observations))(actor_params)
 
 
 def q_values(agent: ActorCritic, critic_params: Params, observations: jax.Array,

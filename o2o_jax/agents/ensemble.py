@@ -116,8 +116,7 @@ def ucb_act(agent: ActorCritic, observations: jax.Array, key: jax.Array, ucb_lam
     torch.std); the best-scoring proposal is taken. The rerun used lambda = 100.
 
     `observations` [B, obs_dim] -> actions [B, act_dim]."""
-    means, log_stds = jax.vmap(lambda p: agent.actor.apply_fn({"params": p}, observations))(
-        agent.actor.params)                                          # [N, B, A]
+    means, log_stds = ac.member_policies(agent, agent.actor.params, observations)  # [N,B,A]
     proposals, _ = dist.sample(key, means, log_stds)                  # [N, B, A]
     obs = jnp.broadcast_to(observations[None], proposals.shape[:-1] + observations.shape[-1:])
     q1 = ac.q_values(agent, agent.target_critic_params, obs, proposals)[:, 0]   # [N_q, N, B]

@@ -157,9 +157,14 @@ def _sac_scale(b: Budget) -> float:
     return (np.prod(b.hidden_dims) / 256.0 ** 2) * (b.batch_size / 256.0)
 
 
+def _sac_rate(b: Budget) -> float:
+    """SAC env steps per second for this budget's network and batch sizes."""
+    return SAC_STEPS_PER_S / max(_sac_scale(b), 0.05)
+
+
 def estimate_seconds(env_name: str, kind: str, b: Budget) -> float:
     """A rough upper estimate from the speeds measured on a 2-core CPU (see the constants)."""
-    sac_rate = SAC_STEPS_PER_S / max(_sac_scale(b), 0.05)
+    sac_rate = _sac_rate(b)
     rollout = b.transitions / ROLLOUT_STEPS_PER_S
     pdir = policy_dir(env_name, b.seed)
     if kind == "random":
@@ -186,7 +191,7 @@ def medium_point_seconds(env_name: str, b: Budget) -> Optional[float]:
     steps = MEDIUM_POINT_STEPS.get(env_name)
     if not same or steps is None:
         return None
-    return min(steps, b.train_steps) / (SAC_STEPS_PER_S / max(_sac_scale(b), 0.05))
+    return min(steps, b.train_steps) / _sac_rate(b)
 
 
 def describe(env_name: str, kind: str, b: Budget) -> str:
@@ -210,7 +215,7 @@ def describe(env_name: str, kind: str, b: Budget) -> str:
     trains_to_medium = (kind == "medium-replay"
                         or (kind == "medium" and not (pdir / "medium.json").exists()))
     if trains_to_medium and typical is not None:
-        rest = est - b.train_steps / (SAC_STEPS_PER_S / max(_sac_scale(b), 0.05))
+        rest = est - b.train_steps / _sac_rate(b)
         when = (f"~{format_seconds(typical + rest)} (our seed-0 build of this recipe "
                 f"reached the medium point at {MEDIUM_POINT_STEPS[env_name]:,} env steps; "
                 f"up to ~{format_seconds(est)} if it is reached later or not at all")
