@@ -26,6 +26,10 @@ user package does). Shapes of the pieces:
 * `act(agent, obs, key)`, `act_eval(agent, obs)`: actions; `q_value(agent, obs, act)`:
   the Q the AUROC analysis scores; `members_act_eval(members, obs)`: evaluation of the
   offline members.
+* `from_data(members, dataset, cfg)` -> members: optional; statistics the method takes
+  from the offline dataset (`data.Dataset`) into freshly created members, e.g. IQL's
+  reward scale. Called once by the pipeline before pretraining; the values are leaves of
+  the members' state, so checkpoints and loaded members carry them.
 * `config_section`: (name, default_config) of the method's own config section.
 * `preset`: the paper's settings of the method, dotted config overrides (`apply_preset`).
 * `check(cfg)`: the method's config rules (raise `config_checks.ConfigError`).
@@ -37,7 +41,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 BUILTIN_MODULES = ("o2o_jax.agents.off2on", "o2o_jax.agents.sac", "o2o_jax.agents.sac_ft",
                    "o2o_jax.agents.cql", "o2o_jax.agents.awac", "o2o_jax.agents.bcq",
-                   "o2o_jax.agents.fqe")
+                   "o2o_jax.agents.fqe", "o2o_jax.agents.iql")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +68,7 @@ class Algorithm:
     q_value: Callable
     members_act_eval: Callable
     post_offline: Optional[PostOffline] = None
+    from_data: Optional[Callable] = None
     config_section: Optional[Tuple[str, Callable]] = None
     preset: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     check: Optional[Callable] = None

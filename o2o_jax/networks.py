@@ -16,6 +16,16 @@ ACTIVATIONS = {"relu": nn.relu, "tanh": nn.tanh, "gelu": nn.gelu, "elu": nn.elu,
                "silu": nn.silu}
 
 
+def kernel_init(name: str):
+    """Dense-kernel initialiser by name: "lecun" (flax's default, lecun normal) or
+    "orthogonal" (orthogonal with scale sqrt(2), the IQL code's `default_init`)."""
+    if name == "lecun":
+        return nn.initializers.lecun_normal()
+    if name == "orthogonal":
+        return nn.initializers.orthogonal(jnp.sqrt(2.0))
+    raise ValueError(f"unknown kernel init {name!r}; allowed: 'lecun', 'orthogonal'")
+
+
 @functools.lru_cache(maxsize=None)
 def _cached(cls, frozen_kwargs):
     return cls(**dict(frozen_kwargs))
@@ -44,12 +54,13 @@ class MLP(nn.Module):
     activation: str = "relu"
     layer_norm: bool = False
     activate_final: bool = True
+    initializer: str = "lecun"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         act = get_activation(self.activation)
         for i, size in enumerate(self.hidden_dims):
-            x = nn.Dense(size)(x)
+            x = nn.Dense(size, kernel_init=kernel_init(self.initializer))(x)
             if i + 1 < len(self.hidden_dims) or self.activate_final:
                 if self.layer_norm:
                     x = nn.LayerNorm()(x)
@@ -62,12 +73,29 @@ class Critic(nn.Module):
     hidden_dims: Sequence[int]
     activation: str = "relu"
     layer_norm: bool = False
+    initializer: str = "lecun"
 
     @nn.compact
     def __call__(self, observations: jax.Array, actions: jax.Array) -> jax.Array:
         x = jnp.concatenate([observations, actions], axis=-1)
-        x = MLP(self.hidden_dims, self.activation, self.layer_norm)(x)
-        return nn.Dense(1)(x)[..., 0]
+        x = MLP(self.hidden_dims, self.activation, self.layer_norm,
+                initializer=self.initializer)(x)
+        return nn.Dense(1, kernel_init=kernel_init(self.initializer))(x)[..., 0]
+
+
+class ValueNet(nn.Module):
+    """V(s): MLP with a scalar head (IQL's expectile value)."""
+    hidden_dims: Sequence[int]
+    activation: str = "relu"
+    layer_norm: bool = False
+    initializer: str = "lecun"
+
+    @nn.compact
+    def __call__(self, observations: jax.Array) -> jax.Array:
+        x = MLP(self.hidden_dims, self.activation, self.layer_norm,
+                initializer=self.initializer)(
+            observations)
+        return nn.Dense(1, kernel_init=kernel_init(self.initializer))(x)[..., 0]
 
 
 class TwinCritic(nn.Module):
@@ -76,12 +104,13 @@ class TwinCritic(nn.Module):
     activation: str = "relu"
     layer_norm: bool = False
     num_qs: int = 2
+    initializer: str = "lecun"
 
     @nn.compact
     def __call__(self, observations: jax.Array, actions: jax.Array) -> jax.Array:
         ensemble = nn.vmap(Critic, variable_axes={"params": 0}, split_rngs={"params": True},
                            in_axes=None, out_axes=0, axis_size=self.num_qs)
-        return ensemble(self.hidden_dims, self.activation, self.layer_norm)(
+        return ensemble(self.hidden_dims, self.activation, self.layer_norm, self.initializer)(
             observations, actions)
 
 
@@ -108,6 +137,31 @@ class TanhGaussianActor(nn.Module):
             mean = jnp.clip(mean, -self.mean_clip, self.mean_clip)
         log_std = jnp.clip(log_std, self.log_std_min, self.log_std_max)
         return mean, log_std
+
+
+class GaussianActor(nn.Module):
+    """An unsquashed diagonal Gaussian with a tanh on its mean and a state-independent
+    log-std parameter (init 0, clipped to [log_std_min, log_std_max]): IQL's policy
+    (`NormalTanhPolicy(state_dependent_std=False, tanh_squash_distribution=False)`).
+    Returns (mean [..., A] in (-1, 1), log_std [..., A])."""
+    action_dim: int
+    hidden_dims: Sequence[int]
+    activation: str = "relu"
+    layer_norm: bool = False
+    log_std_min: float = -5.0
+    log_std_max: float = 2.0
+    initializer: str = "lecun"
+
+    @nn.compact
+    def __call__(self, observations: jax.Array):
+        x = MLP(self.hidden_dims, self.activation, self.layer_norm,
+                initializer=self.initializer)(
+            observations)
+        mean = jnp.tanh(nn.Dense(self.action_dim, kernel_init=kernel_init(self.initializer),
+                                 name="mean")(x))
+        log_std = self.param("log_std", nn.initializers.zeros, (self.action_dim,))
+        log_std = jnp.clip(log_std, self.log_std_min, self.log_std_max)
+        return mean, jnp.broadcast_to(log_std, mean.shape)
 
 
 def uniform_range(lo: float, hi: float):

@@ -143,7 +143,11 @@ def _run(cfg, run_dir: RunDir, ckpt: CheckpointManager, latest, dataset, obs_dim
 
     keys = jnp.stack([jax.random.PRNGKey(s) for s in ctx.seeds])
     k_init, k_offline, k_online = split_each(keys, 3)
-    members = sharder.seeds(create_members(ctx, k_init))
+    members = create_members(ctx, k_init)
+    from_data = algorithm.get(cfg.algo).from_data
+    if from_data is not None:   # e.g. IQL's reward scale (a loaded checkpoint has its own)
+        members = from_data(members, dataset, cfg)
+    members = sharder.seeds(members)
     t0 = time.time()
     offline_return = None
     phase = latest["phase"] if latest else None

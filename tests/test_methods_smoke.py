@@ -15,6 +15,7 @@ def test_method_runs_end_to_end(minari_root, tmp_path, method):
     cfg.online.epochs = 2
     cfg.fqe.steps = 20
     cfg.bcq.update(vae_hidden_dims=(8, 8), actor_hidden_dims=(8, 8), critic_hidden_dims=(8, 8))
+    cfg.iql.hidden_dims = (8, 8)
     summary = pipeline.run(cfg)
     assert np.isfinite(summary["final"]["per_seed_return"]).all()
     rows = read_rows(os.path.join(tmp_path, method))
@@ -28,5 +29,7 @@ def test_method_runs_end_to_end(minari_root, tmp_path, method):
         assert all(float(r["offline_fraction"]) == 0.0 for r in online_rows)
     if method == "awac":
         assert all(r["awac_weight"] for r in online_rows)
+    if method == "iql":
+        assert all(float(r["value_loss"]) > 0 for r in online_rows)
     if method == "cql_ft":
         assert all(float(r["cql_penalty"]) != 0.0 for r in online_rows)
