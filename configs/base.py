@@ -77,7 +77,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.online.first_epoch_multiplier = 5  # reference: 5 to 10
     c.online.batch_size = 256
     c.online.dr_batch_size = 256
-    c.online.replay = "balanced"        # balanced | uniform | online_only
+    c.online.replay = "balanced"        # balanced | uniform | online_only | mixed
+    c.online.offline_ratio = 0.5        # mixed replay: offline share of every RL batch
     c.online.init_online_fraction = 0.5  # f: online share of sampling mass after epoch 0
     c.online.priority_temperature = 5.0  # T
     c.online.fifo_window = 250_000      # online DR batches come from the newest items

@@ -95,7 +95,27 @@ def test_other_replay_modes_sample_where_they_should(mode):
                                   np.asarray(buffers.gather(state.replay, data, jnp.asarray(idx))["observations"]))
 
 
-@pytest.mark.parametrize("mode", ["uniform", "online_only"])
+@pytest.mark.parametrize("ratio", [0.5, 0.25, 0.0, 1.0])
+def test_mixed_replay_takes_a_fixed_offline_share(ratio):
+    """mixed: round(ratio B) offline items first, the rest online; each part uniform."""
+    state, data = make_state("mixed")
+    cfg = online.StepConfig(batch_size=400, replay="mixed", offline_ratio=ratio)
+    batch, idx = online.rl_batch(state.replay, data, jax.random.PRNGKey(3), cfg)
+    idx = np.asarray(idx)
+    n_off = int(round(ratio * 400))
+    assert np.all(idx[:n_off] < M) and np.all((idx[n_off:] >= M) & (idx[n_off:] < M + 50))
+    if 0 < ratio < 1:   # each part covers its range evenly (chi-square over 5 bins each)
+        from scipy import stats
+        for part, lo, hi in ((idx[:n_off], 0, M), (idx[n_off:], M, M + 50)):
+            counts = np.histogram(part, bins=5, range=(lo, hi))[0]
+            assert stats.chisquare(counts).pvalue > 1e-3
+    np.testing.assert_array_equal(np.asarray(batch["observations"]), np.asarray(
+        buffers.gather(state.replay, data, jnp.asarray(idx))["observations"]))
+    with pytest.raises(ValueError, match="offline_ratio"):
+        make_replay("mixed", offline_ratio=1.5)
+
+
+@pytest.mark.parametrize("mode", ["uniform", "online_only", "mixed"])
 def test_uniform_modes_build_no_density_ratio_net_or_sum_tree(mode):
     """make_replay(mode): the uniform modes hold the online ring buffer alone, and their
     fused step leaves it as it was (no priorities to write back)."""

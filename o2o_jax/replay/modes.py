@@ -6,8 +6,11 @@
   density-ratio network that is trained in the same step (`refresh`).
 * `uniform`: offline + online transitions drawn uniformly.
 * `online_only`: online transitions drawn uniformly.
+* `mixed`: a fixed share of every batch from the offline data, the rest from the online
+  transitions, each drawn uniformly (`offline_ratio`; 0.5 is RLPD's symmetric sampling,
+  PEX's 128 + 128 and Cal-QL's `mixing_ratio`). The offline part comes first in the batch.
 
-The uniform modes build neither the sum tree nor the density-ratio network: their state
+The uniform modes (all but `balanced`) build neither the sum tree nor the density-ratio network: their state
 is the online ring buffer alone (`UniformReplayState`) and their `dr` is None.
 
     replay = make_replay("balanced", dr_batch_size=256, priority_temperature=5.0,
@@ -31,7 +34,7 @@ import jax.numpy as jnp
 from o2o_jax import density_ratio as dr
 from o2o_jax.replay import buffers
 
-REPLAY_MODES = ("balanced", "uniform", "online_only")
+REPLAY_MODES = ("balanced", "uniform", "online_only", "mixed")
 
 
 class UniformReplayState(flax.struct.PyTreeNode):
@@ -111,6 +114,17 @@ def _uniform_sample(state, offline_data, key, batch_size, *, online_only: bool):
     return buffers.gather(state, offline_data, idx), idx
 
 
+def _mixed_sample(state, offline_data, key, batch_size, *, offline_ratio: float):
+    m = state.num_offline
+    n_off = int(round(offline_ratio * batch_size))
+    k_off, k_on = jax.random.split(key)
+    idx = jnp.concatenate([
+        jax.random.randint(k_off, (n_off,), 0, m),
+        m + jax.random.randint(k_on, (batch_size - n_off,), 0,
+                               jnp.maximum(state.online.size, 1))])
+    return buffers.gather(state, offline_data, idx), idx
+
+
 def _no_refresh(state, dr_state, offline_data, batch, indices, keys):
     del offline_data, batch, indices, keys
     return state, dr_state, {}
@@ -118,9 +132,10 @@ def _no_refresh(state, dr_state, offline_data, batch, indices, keys):
 
 @functools.lru_cache(maxsize=None)
 def make_replay(mode: str, dr_batch_size: int = 256, priority_temperature: float = 5.0,
-                fifo_window: int = 250_000) -> Replay:
+                fifo_window: int = 250_000, offline_ratio: float = 0.5) -> Replay:
     """The pure functions of replay `mode` (one of REPLAY_MODES); the density-ratio knobs
-    only matter for `balanced`. Cached: equal arguments give the same object."""
+    only matter for `balanced`, `offline_ratio` only for `mixed`. Cached: equal arguments
+    give the same object."""
     if mode == "balanced":
         refresh = functools.partial(_balanced_refresh, dr_batch_size=dr_batch_size,
                                     priority_temperature=priority_temperature,
@@ -128,5 +143,10 @@ def make_replay(mode: str, dr_batch_size: int = 256, priority_temperature: float
         return Replay(mode, _balanced_init, buffers.add_online, buffers.sample, refresh)
     if mode in ("uniform", "online_only"):
         sample = functools.partial(_uniform_sample, online_only=mode == "online_only")
+        return Replay(mode, _uniform_init, _uniform_add, sample, _no_refresh)
+    if mode == "mixed":
+        if not 0.0 <= offline_ratio <= 1.0:
+            raise ValueError(f"offline_ratio must lie in [0, 1], got {offline_ratio!r}")
+        sample = functools.partial(_mixed_sample, offline_ratio=float(offline_ratio))
         return Replay(mode, _uniform_init, _uniform_add, sample, _no_refresh)
     raise ValueError(f"replay mode {mode!r}: allowed {REPLAY_MODES}")
