@@ -105,17 +105,22 @@ def _cosine_adam(lr: float, steps: int):
                        optax.scale_by_schedule(optax.cosine_decay_schedule(-lr, steps)))
 
 
+def network_defs(act_dim: int, cfg):
+    """(actor, twin critic, value) modules of the `iql` config section."""
+    hidden, init = tuple(cfg.hidden_dims), str(cfg.init)
+    return (networks.make(networks.GaussianActor, action_dim=act_dim, hidden_dims=hidden,
+                          activation=cfg.activation, log_std_min=float(cfg.log_std_min),
+                          log_std_max=float(cfg.log_std_max), initializer=init),
+            networks.make(networks.TwinCritic, hidden_dims=hidden, activation=cfg.activation,
+                          num_qs=2, initializer=init),
+            networks.make(networks.ValueNet, hidden_dims=hidden, activation=cfg.activation,
+                          initializer=init))
+
+
 def create(key: jax.Array, obs_dim: int, act_dim: int, cfg) -> IQL:
     """One IQL agent from the `iql` config section."""
     k_actor, k_critic, k_value = jax.random.split(key, 3)
-    hidden, init = tuple(cfg.hidden_dims), str(cfg.init)
-    actor_def = networks.make(networks.GaussianActor, action_dim=act_dim, hidden_dims=hidden,
-                              activation=cfg.activation, log_std_min=float(cfg.log_std_min),
-                              log_std_max=float(cfg.log_std_max), initializer=init)
-    critic_def = networks.make(networks.TwinCritic, hidden_dims=hidden,
-                               activation=cfg.activation, num_qs=2, initializer=init)
-    value_def = networks.make(networks.ValueNet, hidden_dims=hidden,
-                              activation=cfg.activation, initializer=init)
+    actor_def, critic_def, value_def = network_defs(act_dim, cfg)
     obs = jnp.zeros((1, obs_dim), jnp.float32)
     act = jnp.zeros((1, act_dim), jnp.float32)
     critic_params = critic_def.init(k_critic, obs, act)["params"]
@@ -202,23 +207,37 @@ def critic_loss(critic_params, state: IQL, value_params, batch):
                   "q1_data": jnp.mean(q[0]), "q_target": jnp.mean(y)}
 
 
+def value_step(state: IQL, batch):
+    """V's step (from the target critics): (state with the new V, info)."""
+    (_, info), grads = jax.value_and_grad(value_loss, has_aux=True)(
+        state.value.params, state, batch)
+    return state.replace(value=state.value.apply_gradients(grads=grads)), info
+
+
+def actor_step(state: IQL, batch):
+    """The AWR actor's step with the state's V and target critics: (state, info)."""
+    (_, info), grads = jax.value_and_grad(actor_loss, has_aux=True)(
+        state.actor.params, state, state.value.params, batch)
+    info.pop("weights")
+    return state.replace(actor=state.actor.apply_gradients(grads=grads)), info
+
+
+def critic_step(state: IQL, batch):
+    """Q's step with the state's V, then Polyak on the critics: (state, info)."""
+    (_, info), grads = jax.value_and_grad(critic_loss, has_aux=True)(
+        state.critic.params, state, state.value.params, batch)
+    critic = state.critic.apply_gradients(grads=grads)
+    return state.replace(critic=critic, target_critic_params=optax.incremental_update(
+        critic.params, state.target_critic_params, state.tau)), info
+
+
 def update(state: IQL, batch, key: jax.Array = None):
     """One IQL step: V, then the actor and Q with the new V, then Polyak (module doc)."""
     del key   # no dropout: the step draws nothing
-    (_, v_info), v_grads = jax.value_and_grad(value_loss, has_aux=True)(
-        state.value.params, state, batch)
-    new_value = state.value.apply_gradients(grads=v_grads)
-    (_, a_info), a_grads = jax.value_and_grad(actor_loss, has_aux=True)(
-        state.actor.params, state, new_value.params, batch)
-    a_info.pop("weights")
-    (_, c_info), c_grads = jax.value_and_grad(critic_loss, has_aux=True)(
-        state.critic.params, state, new_value.params, batch)
-    new_critic = state.critic.apply_gradients(grads=c_grads)
-    new_state = state.replace(
-        value=new_value, actor=state.actor.apply_gradients(grads=a_grads), critic=new_critic,
-        target_critic_params=optax.incremental_update(new_critic.params,
-                                                      state.target_critic_params, state.tau))
-    return new_state, {**v_info, **a_info, **c_info}
+    state, v_info = value_step(state, batch)
+    state, a_info = actor_step(state, batch)
+    state, c_info = critic_step(state, batch)
+    return state, {**v_info, **a_info, **c_info}
 
 
 def members_update(members: IQL, batch, key: jax.Array):
@@ -298,7 +317,8 @@ def _members_update(cfg):
     return members_update
 
 
-def _check(cfg):
+def check_config(cfg):
+    """The `iql` section's rules (also PEX's and FamO2O's, which build on IQL)."""
     from o2o_jax import config_checks as cc
     cc.in_range(cfg, "iql.expectile", 0.0, 1.0, lo_open=True, hi_open=True)
     for f in ("iql.beta", "iql.max_weight", "iql.actor_lr", "iql.critic_lr", "iql.value_lr"):
@@ -325,7 +345,7 @@ def _register():
         act=act, act_eval=act_eval, q_value=q_ens, members_act_eval=act_eval,
         from_data=from_data, config_section=("iql", default_config),
         preset={"agent.num_members": 1, "online.replay": "uniform"},
-        check=_check, progress_keys=("critic_loss", "value_loss", "q_data")))
+        check=check_config, progress_keys=("critic_loss", "value_loss", "q_data")))
 
 
 _register()
