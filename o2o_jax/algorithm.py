@@ -42,7 +42,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 BUILTIN_MODULES = ("o2o_jax.agents.off2on", "o2o_jax.agents.sac", "o2o_jax.agents.sac_ft",
                    "o2o_jax.agents.cql", "o2o_jax.agents.awac", "o2o_jax.agents.bcq",
                    "o2o_jax.agents.fqe", "o2o_jax.agents.iql",
-                   "o2o_jax.agents.pex")
+                   "o2o_jax.agents.pex", "o2o_jax.agents.famo2o")
 
 
 @dataclasses.dataclass(frozen=True)

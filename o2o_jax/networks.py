@@ -143,7 +143,9 @@ class GaussianActor(nn.Module):
     """An unsquashed diagonal Gaussian with a tanh on its mean and a state-independent
     log-std parameter (init 0, clipped to [log_std_min, log_std_max]): IQL's policy
     (`NormalTanhPolicy(state_dependent_std=False, tanh_squash_distribution=False)`).
-    Returns (mean [..., A] in (-1, 1), log_std [..., A])."""
+    Returns (mean [..., A] in (-1, 1), log_std [..., A]). With `tanh_mean=False` the mean
+    is left raw: the pre-tanh parameters of a tanh-squashed Gaussian with a
+    state-independent std (FamO2O's balance model)."""
     action_dim: int
     hidden_dims: Sequence[int]
     activation: str = "relu"
@@ -151,14 +153,17 @@ class GaussianActor(nn.Module):
     log_std_min: float = -5.0
     log_std_max: float = 2.0
     initializer: str = "lecun"
+    tanh_mean: bool = True     # False: the raw mean (pre-tanh parameters of a squashed one)
 
     @nn.compact
     def __call__(self, observations: jax.Array):
         x = MLP(self.hidden_dims, self.activation, self.layer_norm,
                 initializer=self.initializer)(
             observations)
-        mean = jnp.tanh(nn.Dense(self.action_dim, kernel_init=kernel_init(self.initializer),
-                                 name="mean")(x))
+        mean = nn.Dense(self.action_dim, kernel_init=kernel_init(self.initializer),
+                        name="mean")(x)
+        if self.tanh_mean:
+            mean = jnp.tanh(mean)
         log_std = self.param("log_std", nn.initializers.zeros, (self.action_dim,))
         log_std = jnp.clip(log_std, self.log_std_min, self.log_std_max)
         return mean, jnp.broadcast_to(log_std, mean.shape)

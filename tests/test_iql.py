@@ -99,7 +99,8 @@ def np_step_losses(agent, batch, new_value_params):
     mean, log_std = np_policy(agent.actor.params, obs)
     a_loss = -np.mean(w * np_gauss_logp(a, mean, log_std))
     y = (float(agent.reward_scale) * _np(batch["rewards"]) + agent.discount
-         * (1 - _np(batch["dones"])) * np_value(new_value_params, _np(batch["next_observations"])))
+         * (1 - _np(batch["dones"]))
+         * np_value(new_value_params, _np(batch["next_observations"])))
     q = ref.critic(agent.critic.params, obs, a)
     return v_loss, a_loss, np.sum(np.mean((q - y) ** 2, -1))
 
@@ -143,7 +144,8 @@ def test_ensemble_acting_is_the_moment_matched_gaussian(agent):
         lambda x, k: jnp.stack([x, x + 0.2 * jax.random.normal(k, x.shape)]),
         agent, jax.tree_util.tree_unflatten(
             jax.tree_util.tree_structure(agent),
-            list(jax.random.split(jax.random.PRNGKey(9), len(jax.tree_util.tree_leaves(agent))))))
+            list(jax.random.split(jax.random.PRNGKey(9),
+                                  len(jax.tree_util.tree_leaves(agent))))))
     obs = random_batch(4, B, OBS, ACT)["observations"]
     ms, ls = zip(*(np_policy(jax.tree_util.tree_map(lambda x: np.asarray(x)[i],
                                                     members.actor.params), obs)

@@ -80,8 +80,8 @@ def test_online_step_keeps_pi_off_and_trains_pi_new_on_composed_actions(member):
     adv = np_q(new.iql.target_critic_params, obs, a) - np_value(new.iql.value.params, obs)
     w = np.minimum(np.exp(member.iql.beta * adv), member.iql.max_weight)
     mean, log_std = np_policy(member.new_actor.params, obs)
-    np.testing.assert_allclose(info["actor_loss"], -np.mean(w * np_gauss_logp(a, mean, log_std)),
-                               rtol=2e-4)
+    np.testing.assert_allclose(info["actor_loss"],
+                               -np.mean(w * np_gauss_logp(a, mean, log_std)), rtol=2e-4)
     # Offline, pi_new is not trained.
     off, _ = jax.jit(pex.offline_update)(member, b, key)
     for x, y in zip(leaves(off.new_actor), leaves(member.new_actor)):

@@ -39,7 +39,7 @@ moment-matched Gaussian of their policies (mean of means; variance = mean of var
 variance of means), which is the member's own policy at N = 1 (the paper's IQL).
 """
 import functools
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -117,16 +117,19 @@ def network_defs(act_dim: int, cfg):
                           initializer=init))
 
 
-def create(key: jax.Array, obs_dim: int, act_dim: int, cfg) -> IQL:
-    """One IQL agent from the `iql` config section."""
+def create(key: jax.Array, obs_dim: int, act_dim: int, cfg,
+           actor_input_dim: Optional[int] = None) -> IQL:
+    """One IQL agent from the `iql` config section. `actor_input_dim`: the actor's input
+    size when it sees more than the observation (FamO2O's encoded balance coefficient)."""
     k_actor, k_critic, k_value = jax.random.split(key, 3)
     actor_def, critic_def, value_def = network_defs(act_dim, cfg)
     obs = jnp.zeros((1, obs_dim), jnp.float32)
     act = jnp.zeros((1, act_dim), jnp.float32)
+    actor_in = jnp.zeros((1, actor_input_dim or obs_dim), jnp.float32)
     critic_params = critic_def.init(k_critic, obs, act)["params"]
     return IQL(
         actor=TrainState.create(apply_fn=actor_def.apply,
-                                params=actor_def.init(k_actor, obs)["params"],
+                                params=actor_def.init(k_actor, actor_in)["params"],
                                 tx=actor_optimizer(cfg.actor_lr, cfg.actor_lr_cosine_steps)),
         critic=TrainState.create(apply_fn=critic_def.apply, params=critic_params,
                                  tx=optim.adam(cfg.critic_lr)),
