@@ -30,6 +30,9 @@ user package does). Shapes of the pieces:
   from the offline dataset (`data.Dataset`) into freshly created members, e.g. IQL's
   reward scale. Called once by the pipeline before pretraining; the values are leaves of
   the members' state, so checkpoints and loaded members carry them.
+* `mc_returns`: the method reads `batch["mc_returns"]`, each transition's discounted
+  Monte-Carlo return-to-go (discount `agent.discount`; `o2o_jax/mc_returns.py`): offline
+  from the dataset, online written when its episode ends (-inf until then).
 * `config_section`: (name, default_config) of the method's own config section.
 * `preset`: the paper's settings of the method, dotted config overrides (`apply_preset`).
 * `check(cfg)`: the method's config rules (raise `config_checks.ConfigError`).
@@ -42,7 +45,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 BUILTIN_MODULES = ("o2o_jax.agents.off2on", "o2o_jax.agents.sac", "o2o_jax.agents.sac_ft",
                    "o2o_jax.agents.cql", "o2o_jax.agents.awac", "o2o_jax.agents.bcq",
                    "o2o_jax.agents.fqe", "o2o_jax.agents.iql",
-                   "o2o_jax.agents.pex", "o2o_jax.agents.famo2o")
+                   "o2o_jax.agents.pex", "o2o_jax.agents.famo2o",
+                   "o2o_jax.agents.calql")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +74,7 @@ class Algorithm:
     members_act_eval: Callable
     post_offline: Optional[PostOffline] = None
     from_data: Optional[Callable] = None
+    mc_returns: bool = False
     config_section: Optional[Tuple[str, Callable]] = None
     preset: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     check: Optional[Callable] = None

@@ -14,14 +14,14 @@ import jax.numpy as jnp
 
 from o2o_jax.agents import stacking
 
-from o2o_jax.transitions import TRANSITION_KEYS
 
 
 def sample_batch(data, key: jax.Array, batch_size: int):
-    """A uniform minibatch (with replacement) from a dict of device arrays [M, ...]."""
+    """A uniform minibatch (with replacement) from a dict of device arrays [M, ...] (every
+    field it holds: the transitions, and e.g. `mc_returns` where a method reads them)."""
     num = data["rewards"].shape[0]
     idx = jax.random.randint(key, (batch_size,), 0, num)
-    return {k: data[k][idx] for k in TRANSITION_KEYS}
+    return {k: v[idx] for k, v in data.items()}
 
 
 def member_step(agent, data, key: jax.Array, batch_size: int, update_fn):

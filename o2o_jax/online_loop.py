@@ -8,10 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from o2o_jax import algorithm, distributed, envs, online
+from o2o_jax import algorithm, distributed, envs, mc_returns, online
 from o2o_jax.agents import stacking
 from o2o_jax.context import Context, check_finite
 from o2o_jax.progress import Progress
+from o2o_jax.replay import buffers
 from o2o_jax.replay.modes import make_replay
 from o2o_jax.rundir import to_scalar
 from o2o_jax.seeds import _split_each, per_seed_rows, seeds_jit, split_each
@@ -57,6 +58,15 @@ def _add_online(mode: str):
     return jax.jit(jax.vmap(make_replay(mode).add), donate_argnums=0)
 
 
+@functools.lru_cache(maxsize=None)
+def _write_mc_returns():
+    """All seeds' replays: `mc_returns` written at online slots [S, P] (state donated)."""
+    def write(replay, slots, values):
+        return replay.replace(online=buffers.store_set(replay.online, mc_returns.KEY, slots,
+                                                       values))
+    return jax.jit(jax.vmap(write), donate_argnums=0)
+
+
 @functools.partial(jax.jit, static_argnums=1)
 def _per_step_keys(keys: jax.Array, num: int):
     """keys [S, 2] -> `num` device arrays [S, 2]: step t's key of every seed, as
@@ -78,9 +88,15 @@ def finetune(ctx: Context, state, key, start_epoch: int = 0, resume_meta=None,
     env = envs.BatchedEnvs(cfg.env, cfg.num_seeds, 0,
                            seeds=[COLLECT_SEED + s for s in ctx.seeds])
     recent = [[] for _ in ctx.seeds]           # last 10 training-episode returns per seed
+    # Methods reading Monte-Carlo returns: each online episode's, written when it ends.
+    pending = (mc_returns.PendingEpisodes(cfg.num_seeds, cfg.agent.discount)
+               if algo.mc_returns else None)
     if resume_meta is not None:
         env.set_state(resume_meta["env_state"])
         recent = resume_meta["recent_returns"]
+        if pending is not None:
+            pending = mc_returns.PendingEpisodes(cfg.num_seeds, cfg.agent.discount,
+                                                 resume_meta["mc_pending"])
     progress = Progress("online " + cfg.online.replay, oc.epochs, "epochs", every_s=0.0,
                         initial=start_epoch)
     eval_seeds = [ONLINE_EVAL_SEED + 1_000 * s for s in ctx.seeds]
@@ -104,15 +120,24 @@ def finetune(ctx: Context, state, key, start_epoch: int = 0, resume_meta=None,
         # The step keys stay on device: one call splits them into the epoch's per-step keys.
         step_keys = _per_step_keys(k_collect, oc.env_steps_per_epoch)
         steps = []
+        first_slot = epoch * oc.env_steps_per_epoch   # the online ring never wraps
         for t in range(oc.env_steps_per_epoch):
             action = act(state.agent, jnp.asarray(env.obs[:, None]), step_keys[t])
             transition, _ = env.step(distributed.to_host(action)[:, 0])
             steps.append(transition)
             for s in np.flatnonzero(env.episode_length == 0):   # episodes that just ended
                 recent[s] = (recent[s] + [float(env.last_returns[s])])[-10:]
+            if pending is not None:
+                pending.add(first_slot + t, transition["rewards"], env.episode_length == 0)
         new = {k: jnp.asarray(np.stack([t[k] for t in steps], axis=1))
                for k in TRANSITION_KEYS}
+        if pending is not None:
+            new[mc_returns.KEY] = jnp.full(new["rewards"].shape, mc_returns.UNKNOWN)
         state = state.replace(replay=_add_online(oc.replay)(state.replay, new))
+        writes = pending.take_writes(pad_slot=2 ** 30) if pending is not None else None
+        if writes is not None:
+            state = state.replace(replay=_write_mc_returns()(
+                state.replay, jnp.asarray(writes[0]), jnp.asarray(writes[1])))
         auroc = distributed.to_host(q_auroc(state.agent, new["observations"], new["actions"],
                                             k_auc))
         # Train: one compiled call per epoch's worth of updates, all seeds; the first
@@ -140,6 +165,7 @@ def finetune(ctx: Context, state, key, start_epoch: int = 0, resume_meta=None,
             ctx.ckpt.save(cfg.offline.steps + epoch + 1, {"state": state, "key": key},
                           {"phase": "online", "epoch": epoch + 1,
                            "csv_rows": len(ctx.run_dir.metrics.rows), "recent_returns": recent,
+                           "mc_pending": pending.state() if pending is not None else None,
                            "offline_return": None if offline_return is None
                            else [float(r) for r in offline_return]},
                           extra={"env_state.pkl": pickle.dumps(env.get_state())})

@@ -70,8 +70,14 @@ def load_dataset(cfg, obs_dim: int, act_dim: int):
     return dataset
 
 
-def device_arrays(dataset):
-    return {k: jnp.asarray(dataset.arrays[k], jnp.float32) for k in TRANSITION_KEYS}
+def device_arrays(dataset, mc_discount=None):
+    """The transitions on device; with `mc_discount`, also each one's Monte-Carlo
+    return-to-go (`mc_returns`, for methods that read it)."""
+    out = {k: jnp.asarray(dataset.arrays[k], jnp.float32) for k in TRANSITION_KEYS}
+    if mc_discount is not None:
+        from o2o_jax import mc_returns
+        out[mc_returns.KEY] = jnp.asarray(dataset.returns_to_go(float(mc_discount)))
+    return out
 
 
 # ----------------------------------------------------------------------------- run
@@ -135,7 +141,9 @@ def _run(cfg, run_dir: RunDir, ckpt: CheckpointManager, latest, dataset, obs_dim
     if latest is None:
         run_dir.truncate(0)
     sharder = Sharder(cfg.num_seeds, cfg.shard_seeds, num_members=cfg.agent.num_members)
-    ctx = Context(cfg, run_dir, ckpt, sharder, sharder.shared(device_arrays(dataset)),
+    mc_discount = cfg.agent.discount if algorithm.get(cfg.algo).mc_returns else None
+    ctx = Context(cfg, run_dir, ckpt, sharder,
+                  sharder.shared(device_arrays(dataset, mc_discount)),
                   obs_dim, act_dim)
     print(f"dataset {dataset.dataset_id}: {dataset.num_transitions} transitions (held once "
           f"for {cfg.num_seeds} seed(s)); devices: {jax.devices()}"

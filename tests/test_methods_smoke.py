@@ -31,5 +31,7 @@ def test_method_runs_end_to_end(minari_root, tmp_path, method):
         assert all(r["awac_weight"] for r in online_rows)
     if method == "iql":
         assert all(float(r["value_loss"]) > 0 for r in online_rows)
+    if method == "calql":   # offline halves of the batches carry real Monte-Carlo floors
+        assert any(float(r["cql_floor_rate"]) > 0 for r in online_rows)
     if method == "cql_ft":
         assert all(float(r["cql_penalty"]) != 0.0 for r in online_rows)

@@ -11,6 +11,7 @@ trained to keep the gap at `cql_target_action_gap`.
 """
 import functools
 import math
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -81,26 +82,38 @@ def alpha_prime(state: CQL) -> jax.Array:
 
 
 def penalty(state: CQL, agent: ActorCritic, critic_params, batch, key: jax.Array,
-            q_data: jax.Array):
+            q_data: jax.Array, floor_key: Optional[str] = None):
     """CQL penalty summed over critics (and members); `q_data` is Q(s, a_data). `agent`
-    is the actor-critic being updated (`state.ac`, or an ensemble built from it)."""
+    is the actor-critic being updated (`state.ac`, or an ensemble built from it).
+
+    `floor_key`: the Q-values of the 2n *policy* samples (not the uniform ones) are
+    floored by `batch[floor_key]` [B] before the logsumexp, max(Q(s, a_pi), floor(s))
+    (Cal-QL's calibration with the Monte-Carlo return); info `cql_floor_rate` is the
+    share of policy samples the floor lifts."""
     actions, log_q = sampled_actions(state, agent, batch, key)
     obs = jnp.broadcast_to(batch["observations"][:, None, :],
                            actions.shape[:2] + batch["observations"].shape[-1:])
     q_ood = ac.q_values(agent, critic_params, obs, actions)            # [.., 2, B, 3n]
+    info = {}
+    if floor_key is not None:
+        n = state.n_actions
+        floor = batch[floor_key][:, None]                              # [B, 1]
+        policy_q = q_ood[..., n:]
+        info["cql_floor_rate"] = jnp.mean((policy_q < floor).astype(jnp.float32))
+        q_ood = jnp.concatenate([q_ood[..., :n], jnp.maximum(policy_q, floor)], -1)
     lse = state.temp * jax.nn.logsumexp((q_ood - log_q) / state.temp, axis=-1)
     gap = jnp.mean(lse, axis=-1) - jnp.mean(q_data, axis=-1)          # [.., 2]
     per_q = state.weight * gap
     if state.use_lagrange:
         per_q = jax.lax.stop_gradient(alpha_prime(state)) * (per_q - state.target_action_gap)
     return jnp.sum(per_q), {"cql_penalty": jnp.sum(per_q), "cql_gap": jnp.mean(gap),
-                            "cql_gap_per_q": gap, "q_ood_logsumexp": jnp.mean(lse)}
+                            "cql_gap_per_q": gap, "q_ood_logsumexp": jnp.mean(lse), **info}
 
 
-def penalty_fn(state: CQL):
+def penalty_fn(state: CQL, floor_key: Optional[str] = None):
     """`state`'s penalty in the shape `sac.critic_loss` takes:
     (agent, critic_params, batch, key, q_data) -> (penalty, info)."""
-    return functools.partial(penalty, state)
+    return functools.partial(penalty, state, floor_key=floor_key)
 
 
 def lagrange_loss(lagrange_params, state: CQL, gap: jax.Array):
@@ -110,11 +123,15 @@ def lagrange_loss(lagrange_params, state: CQL, gap: jax.Array):
     return -0.5 * jnp.sum(a_prime * (state.weight * gap - state.target_action_gap))
 
 
-def update(state: CQL, batch, key: jax.Array):
+def update(state: CQL, batch, key: jax.Array, floor_key: Optional[str] = None,
+           target_fn=None):
     """SAC update with the CQL penalty on the critic and the BC warm start of the actor
-    (and an alpha' step if Lagrange): (state, batch, key) -> (state, info)."""
-    new_ac, info = sac.update(state.ac, batch, key, penalty_fn=penalty_fn(state),
-                              bc_steps=state.bc_steps)
+    (and an alpha' step if Lagrange): (state, batch, key) -> (state, info).
+    `floor_key` floors the penalty's policy samples (`penalty`); `target_fn` replaces
+    the TD target (`sac.update`); both static."""
+    new_ac, info = sac.update(state.ac, batch, key,
+                              penalty_fn=penalty_fn(state, floor_key),
+                              bc_steps=state.bc_steps, target_fn=target_fn)
     gap = info.pop("cql_gap_per_q")
     new_state = state.replace(ac=new_ac)
     if state.use_lagrange:
@@ -154,24 +171,25 @@ def _cql(cfg):
     return update
 
 
-def _to_online(members: CQL, cfg) -> CQL:
-    """CQL-ft's online agent: the ensemble actor-critic with member 0's multiplier and
-    knobs, the penalty weighted by online.cql_weight, no BC warm start."""
+def to_online_penalized(members: CQL, cfg) -> CQL:
+    """The online agent of the methods that keep the CQL penalty online (CQL-ft, Cal-QL):
+    the ensemble actor-critic with member 0's multiplier and knobs, the penalty weighted
+    by online.cql_weight, no BC warm start."""
     from o2o_jax.agents import stacking
     first = stacking.member(members, 0)
     return first.replace(ac=to_ensemble_agent(members, cfg),
                          weight=float(cfg.online.cql_weight), bc_steps=0)
 
 
-def _act(state: CQL, observations, key):
+def act(state: CQL, observations, key):
     return ac.act(state.ac, observations, key)
 
 
-def _act_eval(state: CQL, observations):
+def act_eval(state: CQL, observations):
     return ac.act(state.ac, observations)
 
 
-def _q_ens(state: CQL, observations, actions):
+def q_ens(state: CQL, observations, actions):
     from o2o_jax.agents import ensemble
     return ensemble.q_ens(state.ac, observations, actions)
 
@@ -181,8 +199,8 @@ def _register():
     algorithm.register(algorithm.Algorithm(
         name="cql_ft", summary="CQL-ft: CQL members, the CQL penalty kept online (alpha_cql "
                                "= online.cql_weight), uniform replay",
-        create_members=members_from_config, offline_update=_cql, to_online=_to_online,
-        online_update=_cql, act=_act, act_eval=_act_eval, q_value=_q_ens,
+        create_members=members_from_config, offline_update=_cql, to_online=to_online_penalized,
+        online_update=_cql, act=act, act_eval=act_eval, q_value=q_ens,
         members_act_eval=members_act_eval,
         preset={"online.replay": "uniform", "online.cql_weight": 5.0,
                 "online.backup_entropy": False}))

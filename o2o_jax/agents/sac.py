@@ -41,9 +41,11 @@ def td_targets(agent: ActorCritic, batch, key: jax.Array) -> jax.Array:
 
 
 def critic_loss(critic_params, agent: ActorCritic, batch, key: jax.Array,
-                penalty_fn: Optional[PenaltyFn] = None):
+                penalty_fn: Optional[PenaltyFn] = None, target_fn: Optional[Callable] = None):
+    """`target_fn(agent, batch, key) -> y` replaces `td_targets` (e.g. Cal-QL's max-target
+    backup)."""
     k_target, k_penalty = jax.random.split(key)
-    y = td_targets(agent, batch, k_target)
+    y = (target_fn or td_targets)(agent, batch, k_target)
     q = ac.q_values(agent, critic_params, batch["observations"], batch["actions"])
     y_b = jnp.expand_dims(y, ac.twin_axis(agent))
     td_loss = jnp.sum(jnp.mean((q - y_b) ** 2, axis=-1))
@@ -79,14 +81,15 @@ def temperature_loss(temp_params, agent: ActorCritic, log_probs: jax.Array):
 
 
 def update(agent: ActorCritic, batch, key: jax.Array,
-           penalty_fn: Optional[PenaltyFn] = None, bc_steps: int = 0):
+           penalty_fn: Optional[PenaltyFn] = None, bc_steps: int = 0,
+           target_fn: Optional[Callable] = None):
     """One SAC(-family) gradient step: (agent, batch, key) -> (agent, info).
 
     `penalty_fn` is added to the critic loss (CQL's); during the first `bc_steps` updates
     (counted by the critic's step) the actor clones the data actions instead (CQL's warm
-    start). Both are static."""
+    start); `target_fn` replaces the TD target (`td_targets`). All static."""
     k_critic, k_actor = jax.random.split(key)
-    loss_fn = functools.partial(critic_loss, penalty_fn=penalty_fn)
+    loss_fn = functools.partial(critic_loss, penalty_fn=penalty_fn, target_fn=target_fn)
     (_, critic_info), critic_grads = jax.value_and_grad(loss_fn, has_aux=True)(
         agent.critic.params, agent, batch, k_critic)
     (_, actor_info), actor_grads = jax.value_and_grad(actor_loss, has_aux=True)(

@@ -117,6 +117,14 @@ def _store_add_with_slots(state: TransitionStoreState,
     return new_state, slots
 
 
+def store_set(state: TransitionStoreState, key: str, slots: jax.Array,
+              values: jax.Array) -> TransitionStoreState:
+    """Overwrite field `key` at `slots` (out-of-range slots are dropped: padding)."""
+    data = dict(state.data)
+    data[key] = data[key].at[slots].set(values.astype(data[key].dtype), mode="drop")
+    return state.replace(data=data)
+
+
 @functools.partial(jax.jit, static_argnames="batch_size")
 def store_sample_uniform(state: TransitionStoreState, key: jax.Array,
                          batch_size: int) -> Transitions:
