@@ -17,7 +17,7 @@ def quick(c):
     c.online.eval_episodes = 5
     c.online.dr_hidden_dims = (64, 64)
     c.bcq.vae_hidden_dims = c.bcq.actor_hidden_dims = c.bcq.critic_hidden_dims = (64, 64)
-    c.iql.hidden_dims = (64, 64)
+    c.iql.hidden_dims = c.td3.hidden_dims = (64, 64)
     c.checkpoint.every_offline_steps = 10_000
     c.checkpoint.every_online_epochs = 5
     c.dataset.build_transitions = 100_000

@@ -169,6 +169,22 @@ class GaussianActor(nn.Module):
         return mean, jnp.broadcast_to(log_std, mean.shape)
 
 
+class DeterministicActor(nn.Module):
+    """mu(s) = tanh(MLP(s)) in (-1, 1)^A: the TD3 family's actor."""
+    action_dim: int
+    hidden_dims: Sequence[int]
+    activation: str = "relu"
+    layer_norm: bool = False
+    initializer: str = "lecun"
+
+    @nn.compact
+    def __call__(self, observations: jax.Array) -> jax.Array:
+        x = MLP(self.hidden_dims, self.activation, self.layer_norm,
+                initializer=self.initializer)(observations)
+        return jnp.tanh(nn.Dense(self.action_dim, kernel_init=kernel_init(self.initializer),
+                                 name="mu")(x))
+
+
 def uniform_range(lo: float, hi: float):
     """An initializer drawing U(lo, hi)."""
     def init(key, shape, dtype=jnp.float32):

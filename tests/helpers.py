@@ -63,6 +63,41 @@ def tiny_config(run_dir, name, **overrides):
     return c
 
 
+def resumed_rows_match(tmp_path, monkeypatch, configure):
+    """Run a tiny config (`configure(cfg)` sets the method) whole, and again killed right
+    after its first online checkpoint and resumed; assert both logged the same rows (but
+    the wall time) and return them."""
+    from o2o_jax import pipeline
+
+    class Interrupt(Exception):
+        pass
+
+    def cfg(name):
+        c = tiny_config(tmp_path, name)
+        configure(c)
+        return c
+
+    pipeline.run(cfg("whole"))
+    original_save = pipeline.CheckpointManager.save
+
+    def save_then_die(self, step, *args, **kwargs):
+        original_save(self, step, *args, **kwargs)
+        if args and args[1].get("phase") == "online":
+            raise Interrupt()
+
+    monkeypatch.setattr(pipeline.CheckpointManager, "save", save_then_die)
+    try:
+        pipeline.run(cfg("cut"))
+        raise AssertionError("the run was not interrupted")
+    except Interrupt:
+        pass
+    monkeypatch.setattr(pipeline.CheckpointManager, "save", original_save)
+    pipeline.run(cfg("cut"))
+    whole, cut = (numeric_rows(read_rows(os.path.join(tmp_path, n))) for n in ("whole", "cut"))
+    assert cut == whole
+    return whole
+
+
 def read_rows(path):
     with open(os.path.join(path, "metrics.csv")) as f:
         return list(csv.DictReader(f))

@@ -1,7 +1,6 @@
 """IQL against a float64 NumPy re-implementation on fixed parameters: the expectile loss,
 the AWR weights and their clip, the step order (V first; the actor and Q see the new V;
 Polyak last), the reward scale, the ensemble's acting, and a resumed run."""
-import os
 import types
 
 import jax
@@ -9,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from o2o_jax import algorithm, config_checks, pipeline
+from o2o_jax import algorithm, config_checks
 from o2o_jax.agents import iql
 from tests import numpy_ref as ref
-from tests.helpers import random_batch, read_rows, tiny_config
+from tests.helpers import random_batch, resumed_rows_match
 
 OBS, ACT, B = 4, 2, 16
 
@@ -195,30 +194,9 @@ def test_cosine_decay_is_refused_with_an_online_phase():
 def test_iql_run_resumes_from_its_checkpoint(minari_root, tmp_path, monkeypatch):
     """Killed after its first online checkpoint, a resumed IQL run logs the same rows as an
     uninterrupted one (the reward scale rides in the checkpoint)."""
-    def cfg(name):
-        c = tiny_config(tmp_path, name)
+    def configure(c):
         algorithm.get("iql").apply_preset(c)
         c.iql.hidden_dims = (8, 8)
-        return c
 
-    pipeline.run(cfg("whole"))
-    original_save = pipeline.CheckpointManager.save
-
-    class Interrupt(Exception):
-        pass
-
-    def save_then_die(self, step, *args, **kwargs):
-        original_save(self, step, *args, **kwargs)
-        if args and args[1].get("phase") == "online":
-            raise Interrupt()
-
-    monkeypatch.setattr(pipeline.CheckpointManager, "save", save_then_die)
-    with pytest.raises(Interrupt):
-        pipeline.run(cfg("cut"))
-    monkeypatch.setattr(pipeline.CheckpointManager, "save", original_save)
-    pipeline.run(cfg("cut"))
-    drop = ("wall_time",)
-    whole, cut = (read_rows(os.path.join(tmp_path, n)) for n in ("whole", "cut"))
-    assert [{k: v for k, v in r.items() if k not in drop} for r in cut] == \
-           [{k: v for k, v in r.items() if k not in drop} for r in whole]
-    assert any(r["phase"] == "online" and r["value_loss"] for r in whole)
+    rows = resumed_rows_match(tmp_path, monkeypatch, configure)
+    assert any(r["phase"] == "online" and r["value_loss"] for r in rows)

@@ -15,7 +15,7 @@ def test_method_runs_end_to_end(minari_root, tmp_path, method):
     cfg.online.epochs = 2
     cfg.fqe.steps = 20
     cfg.bcq.update(vae_hidden_dims=(8, 8), actor_hidden_dims=(8, 8), critic_hidden_dims=(8, 8))
-    cfg.iql.hidden_dims = (8, 8)
+    cfg.iql.hidden_dims = cfg.td3.hidden_dims = (8, 8)
     summary = pipeline.run(cfg)
     assert np.isfinite(summary["final"]["per_seed_return"]).all()
     rows = read_rows(os.path.join(tmp_path, method))

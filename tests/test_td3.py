@@ -1,0 +1,133 @@
+"""TD3 and TD3+BC against NumPy on fixed parameters: the smoothed target, the policy
+delay, TD3+BC's lambda at the policy's actions, the state normaliser; and a TD3+BC run
+resumed from its checkpoint (the normaliser rides in it)."""
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from o2o_jax import algorithm
+from o2o_jax.agents import td3
+from tests import numpy_ref as ref
+from tests.helpers import random_batch, resumed_rows_match
+
+OBS, ACT, B = 4, 2, 16
+
+
+def _np(x):
+    return np.asarray(x, np.float64)
+
+
+def np_mu(state, params, obs):
+    mlp_p = params["MLP_0"]
+    layers = [(_np(mlp_p[f"Dense_{i}"]["kernel"]), _np(mlp_p[f"Dense_{i}"]["bias"]))
+              for i in range(len(mlp_p))]
+    layers.append((_np(params["mu"]["kernel"]), _np(params["mu"]["bias"])))
+    x = (_np(obs) - _np(state.obs_mean)) / _np(state.obs_std)
+    return np.tanh(ref.mlp(layers, x))
+
+
+def np_q(state, params, obs, act):
+    return ref.critic(params, (_np(obs) - _np(state.obs_mean)) / _np(state.obs_std), act)
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["td3", "td3_bc"])
+def agent(request):
+    from configs import base
+    c = base.get_config().td3
+    c.hidden_dims = (16, 16)
+    s = jax.jit(lambda k: td3.create(k, OBS, ACT, c, bc=request.param))(jax.random.PRNGKey(0))
+    k1, k2 = jax.random.split(jax.random.PRNGKey(1))
+    perturb = lambda t, k: jax.tree_util.tree_map(   # noqa: E731
+        lambda x: x + 0.2 * jax.random.normal(k, x.shape), t)
+    return s.replace(target_actor_params=perturb(s.target_actor_params, k1),
+                     target_critic_params=perturb(s.target_critic_params, k2),
+                     obs_mean=jnp.array([0.5, -1.0, 0.0, 2.0]),
+                     obs_std=jnp.array([1.5, 0.5, 1.0, 3.0]))
+
+
+def test_smoothed_target_and_critic_loss_match_numpy(agent):
+    batch, key = random_batch(2, B, OBS, ACT), jax.random.PRNGKey(3)
+    # Noise large enough that both clips bind somewhere.
+    a = agent.replace(policy_noise=0.6, noise_clip=0.5)
+    loss, info = td3.critic_loss(a.critic.params, a, batch, key)
+    eps = np.clip(0.6 * _np(jax.random.normal(key, (B, ACT))), -0.5, 0.5)
+    assert np.any(np.abs(eps) == 0.5)
+    a_next = np.clip(np_mu(a, a.target_actor_params, batch["next_observations"]) + eps, -1, 1)
+    y = _np(batch["rewards"]) + 0.99 * (1 - _np(batch["dones"])) * np_q(
+        a, a.target_critic_params, batch["next_observations"], a_next).min(0)
+    q = np_q(a, a.critic.params, batch["observations"], batch["actions"])
+    np.testing.assert_allclose(info["q_target"], y.mean(), rtol=1e-5)
+    np.testing.assert_allclose(loss, np.sum(np.mean((q - y) ** 2, -1)), rtol=1e-4)
+
+
+def test_actor_and_targets_move_every_second_step(agent):
+    batch = random_batch(4, B, OBS, ACT)
+    step = jax.jit(td3.update)
+    leaves = jax.tree_util.tree_leaves
+    same = lambda x, y: all(np.array_equal(u, v) for u, v in zip(leaves(x), leaves(y)))  # noqa
+    s = agent
+    for t in range(1, 5):
+        new, info = step(s, batch, jax.random.PRNGKey(t))
+        moved = t % 2 == 0
+        assert float(info["actor_updated"]) == float(moved)
+        assert same(new.actor.params, s.actor.params) != moved
+        assert same(new.target_actor_params, s.target_actor_params) != moved
+        assert same(new.target_critic_params, s.target_critic_params) != moved
+        assert not same(new.critic.params, s.critic.params)
+        if moved:
+            np.testing.assert_allclose(
+                leaves(new.target_actor_params)[0],
+                0.995 * _np(leaves(s.target_actor_params)[0])
+                + 0.005 * _np(leaves(new.actor.params)[0]), rtol=1e-5, atol=1e-7)
+        s = new
+
+
+def test_actor_loss_with_the_updated_critic_matches_numpy(agent):
+    """The actor step sees the critic of the same step; TD3+BC: lambda = 2.5 / mean |Q1|
+    at the policy's actions."""
+    batch = random_batch(5, B, OBS, ACT)
+    s = agent.replace(critic=agent.critic.replace(step=jnp.asarray(1, jnp.int32)))
+    new, info = jax.jit(td3.update)(s, batch, jax.random.PRNGKey(6))
+    assert float(info["actor_updated"]) == 1.0
+    pi = np_mu(s, s.actor.params, batch["observations"])
+    q1 = np_q(s, new.critic.params, batch["observations"], pi)[0]
+    if s.bc:
+        lam = 2.5 / np.mean(np.abs(q1))
+        want = -lam * q1.mean() + np.mean((pi - _np(batch["actions"])) ** 2)
+        np.testing.assert_allclose(info["bc_lambda"], lam, rtol=1e-4)
+        # Not at the data actions (the slides' form).
+        q1_data = np_q(s, new.critic.params, batch["observations"], batch["actions"])[0]
+        assert abs(2.5 / np.mean(np.abs(q1_data)) - lam) > 1e-3 * lam
+    else:
+        want = -q1.mean()
+    np.testing.assert_allclose(info["actor_loss"], want, rtol=1e-4, atol=1e-6)
+    old_q1 = np_q(s, s.critic.params, batch["observations"], pi)[0]
+    assert abs(old_q1.mean() - q1.mean()) > 1e-4     # the test tells the critics apart
+
+
+def test_state_normalizer_from_the_dataset():
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(500, OBS)) * [1, 2, 0.001, 5] + [0, 3, 1, -2]
+    mean, std = td3.state_normalizer(obs, 1e-3)
+    np.testing.assert_allclose(mean, obs.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(std, obs.std(0) + 1e-3, rtol=1e-5)
+    from configs import base
+    cfg = base.get_config()
+    cfg.td3.hidden_dims = (8,)
+    members = jax.tree_util.tree_map(lambda x: x[None], td3._members(
+        jax.random.PRNGKey(0), OBS, ACT, cfg, bc=True))                 # [S=1, N, ...]
+    data = types.SimpleNamespace(arrays={"observations": obs.astype(np.float32)})
+    got = td3.with_normalizer(members, data, cfg)
+    assert got.obs_mean.shape == members.obs_mean.shape
+    np.testing.assert_allclose(got.obs_std[0, 0], std, rtol=1e-6)
+
+
+def test_td3_bc_run_resumes_from_its_checkpoint(minari_root, tmp_path, monkeypatch):
+    def configure(c):
+        algorithm.get("td3_bc").apply_preset(c)
+        c.td3.hidden_dims = (8, 8)
+
+    resumed_rows_match(tmp_path, monkeypatch, configure)
