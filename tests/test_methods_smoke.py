@@ -20,12 +20,12 @@ def test_method_runs_end_to_end(minari_root, tmp_path, method):
     assert np.isfinite(summary["final"]["per_seed_return"]).all()
     rows = read_rows(os.path.join(tmp_path, method))
     phases = {r["phase"] for r in rows}
-    assert phases == ({"online"} if method == "sac" else
+    assert phases == ({"online"} if method in ("sac", "redq") else
                       {"offline", "fqe", "online"} if method == "fqe_init" else
                       {"offline", "online"})
     online_rows = [r for r in rows if r["phase"] == "online" and r["critic_loss"]]
     assert all(np.isfinite(float(r["critic_loss"])) for r in online_rows)
-    if method == "sac":
+    if method in ("sac", "redq"):
         assert all(float(r["offline_fraction"]) == 0.0 for r in online_rows)
     if method == "awac":
         assert all(r["awac_weight"] for r in online_rows)

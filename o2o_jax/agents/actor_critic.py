@@ -45,6 +45,9 @@ class ActorCritic(struct.PyTreeNode):
     # paper's rule); lambda > 0 = the public rerun fork's optimistic pick among the
     # members' own samples (`ensemble.ucb_act`).
     explore_ucb: float = struct.field(pytree_node=False, default=0.0)
+    # How a single agent's actor reduces its critics: "min" (twins; SAC, CQL) or "mean"
+    # (REDQ's ensemble of `num_qs` critics).
+    actor_q: str = struct.field(pytree_node=False, default="min")
 
     @property
     def alpha(self) -> jax.Array:
@@ -84,8 +87,10 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
-def create(key: jax.Array, obs_dim: int, act_dim: int, cfg) -> ActorCritic:
-    """Initialise one agent from an agent config (see configs/base.py `agent` section)."""
+def create(key: jax.Array, obs_dim: int, act_dim: int, cfg, num_qs: int = 2,
+           actor_q: str = "min") -> ActorCritic:
+    """Initialise one agent from an agent config (see configs/base.py `agent` section);
+    `num_qs` critics (REDQ: 10), reduced for the actor by `actor_q`."""
     k_actor, k_critic = jax.random.split(key)
     hidden = tuple(cfg.hidden_dims)
     actor_def = networks.make(
@@ -95,7 +100,7 @@ def create(key: jax.Array, obs_dim: int, act_dim: int, cfg) -> ActorCritic:
         mean_clip=cfg.mean_clip)
     critic_def = networks.make(networks.TwinCritic, hidden_dims=hidden,
                                activation=cfg.activation, layer_norm=cfg.critic_layer_norm,
-                               num_qs=2)
+                               num_qs=int(num_qs))
     obs = jnp.zeros((1, obs_dim), jnp.float32)
     act = jnp.zeros((1, act_dim), jnp.float32)
     actor_params = actor_def.init(k_actor, obs)["params"]
@@ -118,6 +123,7 @@ def create(key: jax.Array, obs_dim: int, act_dim: int, cfg) -> ActorCritic:
         tau=float(cfg.tau),
         target_entropy=target_entropy,
         backup_entropy=bool(cfg.backup_entropy),
+        actor_q=str(actor_q),
     )
 
 
@@ -157,13 +163,15 @@ def q_values(agent: ActorCritic, critic_params: Params, observations: jax.Array,
 
 
 def conservative_q(agent: ActorCritic, q: jax.Array) -> jax.Array:
-    """Min over twin critics, then (ensemble) mean over members: Q_ens of spec section 2.
+    """Min over twin critics (with `actor_q == "mean"`: the mean over the critics), then
+    (ensemble) mean over members: Q_ens of spec section 2.
 
     `q` is `q_values` output; returns [*batch].
     """
+    reduce = jnp.mean if agent.actor_q == "mean" else jnp.min
     if agent.members == 0:
-        return jnp.min(q, axis=0)
-    return jnp.mean(jnp.min(q, axis=1), axis=0)
+        return reduce(q, axis=0)
+    return jnp.mean(reduce(q, axis=1), axis=0)
 
 
 def member_twin_min(agent: ActorCritic, q: jax.Array) -> jax.Array:
