@@ -87,5 +87,6 @@ def post_offline_phase(ctx: Context, members, key, post):
         for row in per_seed_rows({"phase": post.phase, "step": step, "env_steps": 0}, info,
                                  ctx.seeds):
             ctx.run_dir.log(row)
-        progress.update(step, f"critic {to_scalar(info['critic_loss']):.3g}")
+        shown = [k for k in ("critic_loss", "actor_loss") if k in info]
+        progress.update(step, " ".join(f"{k} {to_scalar(info[k]):.3g}" for k in shown))
     return members

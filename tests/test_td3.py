@@ -38,7 +38,8 @@ def agent(request):
     from configs import base
     c = base.get_config().td3
     c.hidden_dims = (16, 16)
-    s = jax.jit(lambda k: td3.create(k, OBS, ACT, c, bc=request.param))(jax.random.PRNGKey(0))
+    s = jax.jit(lambda k: td3.create(k, OBS, ACT, c, "td3_bc" if request.param else "td3"))(
+        jax.random.PRNGKey(0))
     k1, k2 = jax.random.split(jax.random.PRNGKey(1))
     perturb = lambda t, k: jax.tree_util.tree_map(   # noqa: E731
         lambda x: x + 0.2 * jax.random.normal(k, x.shape), t)
@@ -94,7 +95,7 @@ def test_actor_loss_with_the_updated_critic_matches_numpy(agent):
     assert float(info["actor_updated"]) == 1.0
     pi = np_mu(s, s.actor.params, batch["observations"])
     q1 = np_q(s, new.critic.params, batch["observations"], pi)[0]
-    if s.bc:
+    if s.objective == "td3_bc":
         lam = 2.5 / np.mean(np.abs(q1))
         want = -lam * q1.mean() + np.mean((pi - _np(batch["actions"])) ** 2)
         np.testing.assert_allclose(info["bc_lambda"], lam, rtol=1e-4)
@@ -117,8 +118,8 @@ def test_state_normalizer_from_the_dataset():
     from configs import base
     cfg = base.get_config()
     cfg.td3.hidden_dims = (8,)
-    members = jax.tree_util.tree_map(lambda x: x[None], td3._members(
-        jax.random.PRNGKey(0), OBS, ACT, cfg, bc=True))                 # [S=1, N, ...]
+    members = jax.tree_util.tree_map(lambda x: x[None], td3.members_from_config(
+        jax.random.PRNGKey(0), OBS, ACT, cfg, "td3_bc"))                # [S=1, N, ...]
     data = types.SimpleNamespace(arrays={"observations": obs.astype(np.float32)})
     got = td3.with_normalizer(members, data, cfg)
     assert got.obs_mean.shape == members.obs_mean.shape
@@ -131,3 +132,45 @@ def test_td3_bc_run_resumes_from_its_checkpoint(minari_root, tmp_path, monkeypat
         c.td3.hidden_dims = (8, 8)
 
     resumed_rows_match(tmp_path, monkeypatch, configure)
+
+
+# ---------------------------------------------------------------------------------------
+# PR-FT: the refinement step and the alpha schedule
+# ---------------------------------------------------------------------------------------
+
+def test_refinement_moves_only_the_actor_with_the_normalised_loss(agent):
+    from o2o_jax.agents import prft
+    from configs import base
+    cfg = base.get_config()
+    s = prft._refine(agent, None, cfg)
+    assert s.objective == "normalized_bc" and float(s.bc_alpha) == pytest.approx(0.08)
+    batch = random_batch(7, B, OBS, ACT)
+    new, info = jax.jit(td3.actor_only_update)(s, batch)
+    leaves = jax.tree_util.tree_leaves
+    for name in ("critic", "target_critic_params", "target_actor_params"):
+        for x, y in zip(leaves(getattr(new, name)), leaves(getattr(s, name))):
+            np.testing.assert_array_equal(x, y)
+    pi = np_mu(s, s.actor.params, batch["observations"])
+    q1 = np_q(s, s.critic.params, batch["observations"], pi)[0]
+    want = -q1.mean() / np.mean(np.abs(q1)) + 0.08 * np.mean((pi - _np(batch["actions"])) ** 2)
+    np.testing.assert_allclose(info["actor_loss"], want, rtol=1e-4, atol=1e-6)
+
+
+def test_online_alpha_decays_exponentially_to_its_end_value(agent):
+    from o2o_jax.agents import prft
+    from configs import base
+    cfg = base.get_config()
+    cfg.online.update(epochs=3, first_epoch_multiplier=2, updates_per_epoch=5)
+    n = prft.online_updates(cfg)
+    assert n == (3 - 1 + 2) * 5
+    s = prft._to_online(prft._refine(agent, None, cfg), cfg)
+    assert s.bc_alpha_decay == pytest.approx(0.5 ** (1 / n))
+    batch = random_batch(8, B, OBS, ACT)
+    step = jax.jit(td3.update)
+    alphas = []
+    for t in range(n):
+        s, info = step(s, batch, jax.random.PRNGKey(t))
+        alphas.append(float(s.bc_alpha))
+    # alpha_t = alpha_start (alpha_end / alpha_start)^(t / N): 0.08 -> 0.04 after N updates.
+    np.testing.assert_allclose(alphas, 0.08 * 0.5 ** (np.arange(1, n + 1) / n), rtol=1e-5)
+    assert prft.decay_factor(0.5, 0) == 1.0

@@ -70,7 +70,10 @@ class TD3(struct.PyTreeNode):
     obs_mean: jax.Array          # [obs_dim]
     obs_std: jax.Array           # [obs_dim]
     bc_alpha: jax.Array          # []
-    bc: bool = struct.field(pytree_node=False, default=False)   # TD3+BC's actor loss
+    # The actor's objective: "td3", "td3_bc" (lambda = bc_alpha / mean|Q1|), or
+    # "normalized_bc" (-Q1 / mean|Q1| + bc_alpha MSE: PR-FT's refinement and fine-tuning).
+    objective: str = struct.field(pytree_node=False, default="td3")
+    bc_alpha_decay: float = struct.field(pytree_node=False, default=1.0)  # x per update
     discount: float = struct.field(pytree_node=False, default=0.99)
     tau: float = struct.field(pytree_node=False, default=5e-3)
     policy_noise: float = struct.field(pytree_node=False, default=0.2)
@@ -79,8 +82,13 @@ class TD3(struct.PyTreeNode):
     expl_noise: float = struct.field(pytree_node=False, default=0.1)
 
 
-def create(key: jax.Array, obs_dim: int, act_dim: int, cfg, bc: bool = False) -> TD3:
-    """One agent from the `td3` config section; `bc`: TD3+BC's actor loss."""
+OBJECTIVES = ("td3", "td3_bc", "normalized_bc")
+
+
+def create(key: jax.Array, obs_dim: int, act_dim: int, cfg, objective: str = "td3") -> TD3:
+    """One agent from the `td3` config section with the actor `objective`."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective {objective!r}: allowed {OBJECTIVES}")
     k_actor, k_critic = jax.random.split(key)
     hidden = tuple(cfg.hidden_dims)
     actor_def = networks.make(networks.DeterministicActor, action_dim=act_dim,
@@ -99,7 +107,7 @@ def create(key: jax.Array, obs_dim: int, act_dim: int, cfg, bc: bool = False) ->
                                  tx=optim.adam(cfg.critic_lr)),
         target_actor_params=copy(actor_params), target_critic_params=copy(critic_params),
         obs_mean=jnp.zeros((obs_dim,), jnp.float32), obs_std=jnp.ones((obs_dim,), jnp.float32),
-        bc_alpha=jnp.asarray(cfg.bc_alpha, jnp.float32), bc=bool(bc),
+        bc_alpha=jnp.asarray(cfg.bc_alpha, jnp.float32), objective=objective,
         discount=float(cfg.discount), tau=float(cfg.tau),
         policy_noise=float(cfg.policy_noise), noise_clip=float(cfg.noise_clip),
         policy_delay=int(cfg.policy_delay), expl_noise=float(cfg.expl_noise))
@@ -148,17 +156,25 @@ def critic_loss(critic_params, state: TD3, batch, key: jax.Array):
 
 
 def actor_loss(actor_params, state: TD3, critic_params, batch):
-    """TD3: -mean Q1(s, mu(s)); TD3+BC: -lambda mean Q1 + mean (mu(s) - a)^2."""
+    """td3: -mean Q1(s, mu(s)); td3_bc: -lambda mean Q1 + mean (mu(s) - a)^2 with lambda =
+    bc_alpha / mean|Q1|; normalized_bc: -mean Q1 / mean|Q1| + bc_alpha mean (mu(s) - a)^2
+    (|Q1| at the policy's actions, no gradient through it)."""
     obs = batch["observations"]
     pi = mu(state, actor_params, obs)
     q1 = q_values(state, critic_params, obs, pi)[0]
-    if not state.bc:
+    if state.objective == "td3":
         loss = -jnp.mean(q1)
         return loss, {"actor_loss": loss, "q_pi": jnp.mean(q1)}
-    lam = jax.lax.stop_gradient(state.bc_alpha / jnp.mean(jnp.abs(q1)))
+    scale = jax.lax.stop_gradient(1.0 / jnp.mean(jnp.abs(q1)))
     bc = jnp.mean((pi - batch["actions"]) ** 2)
-    loss = -lam * jnp.mean(q1) + bc
-    return loss, {"actor_loss": loss, "q_pi": jnp.mean(q1), "bc_lambda": lam, "bc_mse": bc}
+    if state.objective == "td3_bc":
+        lam = state.bc_alpha * scale
+        loss = -lam * jnp.mean(q1) + bc
+    else:
+        lam = scale
+        loss = -scale * jnp.mean(q1) + state.bc_alpha * bc
+    return loss, {"actor_loss": loss, "q_pi": jnp.mean(q1), "bc_lambda": lam, "bc_mse": bc,
+                  "bc_alpha": state.bc_alpha}
 
 
 def _actor_and_targets(state: TD3, batch):
@@ -185,7 +201,16 @@ def update(state: TD3, batch, key: jax.Array):
         do_actor, lambda s: _actor_and_targets(s, batch),
         lambda s: (s, jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype),
                                              skipped_info)), state)
+    state = state.replace(bc_alpha=state.bc_alpha * state.bc_alpha_decay)
     return state, {**c_info, **a_info, "actor_updated": do_actor.astype(jnp.float32)}
+
+
+def actor_only_update(state: TD3, batch, key: jax.Array = None):
+    """One actor step with the critic frozen (no targets move): PR-FT's refinement."""
+    del key
+    (_, info), grads = jax.value_and_grad(actor_loss, has_aux=True)(
+        state.actor.params, state, state.critic.params, batch)
+    return state.replace(actor=state.actor.apply_gradients(grads=grads)), info
 
 
 def members_update(members: TD3, batch, key: jax.Array):
@@ -236,8 +261,8 @@ def with_normalizer(members: TD3, dataset, cfg) -> TD3:
 # Registration: td3 and td3_bc
 # ---------------------------------------------------------------------------------------
 
-def _members(key, obs_dim, act_dim, cfg, bc=False):
-    return stacking.create(lambda k: create(k, obs_dim, act_dim, cfg.td3, bc), key,
+def members_from_config(key, obs_dim, act_dim, cfg, objective="td3"):
+    return stacking.create(lambda k: create(k, obs_dim, act_dim, cfg.td3, objective), key,
                            cfg.agent.num_members)
 
 
@@ -261,12 +286,13 @@ def _register():
     algorithm.register(algorithm.Algorithm(
         name="td3", summary="TD3 offline and online (deterministic actor, clipped double Q, "
                             "delayed actor, target smoothing)",
-        create_members=_members, config_section=("td3", default_config),
+        create_members=members_from_config, config_section=("td3", default_config),
         preset={"agent.num_members": 1, "online.replay": "uniform"}, **common))
     algorithm.register(algorithm.Algorithm(
         name="td3_bc", summary="TD3+BC offline and online (lambda = alpha / mean|Q| at the "
                                "policy's actions, dataset state normalisation)",
-        create_members=functools.partial(_members, bc=True), from_data=with_normalizer,
+        create_members=functools.partial(members_from_config, objective="td3_bc"),
+        from_data=with_normalizer,
         preset={"agent.num_members": 1, "online.replay": "uniform"}, **common))
 
 
