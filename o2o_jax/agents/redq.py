@@ -28,7 +28,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from o2o_jax import distributions as dist
 from o2o_jax.agents import actor_critic as ac
 from o2o_jax.agents import sac, stacking
 
@@ -48,16 +47,10 @@ def subset_target(agent, batch, key: jax.Array, subset: int) -> jax.Array:
     """y [B] ([members, B] for an ensemble agent) with the min over a random subset of
     `subset` target critics (the same subset for every member; no gradient)."""
     k_sub, k_a = jax.random.split(key)
-    mean, log_std = ac.policy(agent, agent.actor.params, batch["next_observations"])
-    a_next, log_p = dist.sample(k_a, mean, log_std)
-    q = ac.q_values(agent, agent.target_critic_params, batch["next_observations"], a_next)
+    q, log_p = sac.next_q_values(agent, batch, k_a)
     axis = ac.twin_axis(agent)                   # [N_q, B], or [members, N_q, B]
     idx = jax.random.choice(k_sub, q.shape[axis], (subset,), replace=False)
-    q_next = jnp.min(jnp.take(q, idx, axis=axis), axis=axis)
-    if agent.backup_entropy:
-        q_next = q_next - agent.alpha * log_p
-    return jax.lax.stop_gradient(batch["rewards"]
-                                 + agent.discount * (1.0 - batch["dones"]) * q_next)
+    return sac.backup(agent, batch, jnp.min(jnp.take(q, idx, axis=axis), axis=axis), log_p)
 
 
 def critic_step(agent, batch, key: jax.Array, subset: int):

@@ -27,28 +27,45 @@ from o2o_jax.agents.actor_critic import ActorCritic
 PenaltyFn = Callable
 
 
-def td_targets(agent: ActorCritic, batch, key: jax.Array) -> jax.Array:
-    """Bootstrapped targets y, shape [B] (single) or [N, B] (ensemble). No gradient."""
+def next_q_values(agent: ActorCritic, batch, key: jax.Array):
+    """(target Q-values of every critic at (s', a'), log pi(a'|s')), a' ~ pi(.|s') drawn
+    with `key` (ensemble: from pi_E, shared by the members): [2, B] / [N, 2, B] and [B]."""
     mean, log_std = ac.policy(agent, agent.actor.params, batch["next_observations"])
     next_actions, next_log_probs = dist.sample(key, mean, log_std)
-    next_q = ac.member_twin_min(
-        agent, ac.q_values(agent, agent.target_critic_params, batch["next_observations"],
-                           next_actions))
+    q = ac.q_values(agent, agent.target_critic_params, batch["next_observations"],
+                    next_actions)
+    return q, next_log_probs
+
+
+def backup(agent: ActorCritic, batch, next_q: jax.Array, next_log_probs: jax.Array):
+    """y = r + gamma (1 - d) (next_q - alpha log pi(a'|s') if backup_entropy), no
+    gradient; `next_q` [B] or [N, B]."""
     if agent.backup_entropy:
         next_q = next_q - agent.alpha * next_log_probs
     y = batch["rewards"] + agent.discount * (1.0 - batch["dones"]) * next_q
     return jax.lax.stop_gradient(y)
 
 
+def td_targets(agent: ActorCritic, batch, key: jax.Array) -> jax.Array:
+    """Bootstrapped targets y, shape [B] (single) or [N, B] (ensemble), each member from
+    its own target pair's minimum. No gradient."""
+    q, next_log_probs = next_q_values(agent, batch, key)
+    return backup(agent, batch, ac.member_twin_min(agent, q), next_log_probs)
+
+
 def critic_loss(critic_params, agent: ActorCritic, batch, key: jax.Array,
                 penalty_fn: Optional[PenaltyFn] = None, target_fn: Optional[Callable] = None):
     """`target_fn(agent, batch, key) -> y` replaces `td_targets` (e.g. Cal-QL's max-target
-    backup)."""
+    backup); it may return (y, w), w [B] per-sample weights of the squared TD errors."""
     k_target, k_penalty = jax.random.split(key)
     y = (target_fn or td_targets)(agent, batch, k_target)
+    y, weights = y if isinstance(y, tuple) else (y, None)   # optional per-sample weights
     q = ac.q_values(agent, critic_params, batch["observations"], batch["actions"])
     y_b = jnp.expand_dims(y, ac.twin_axis(agent))
-    td_loss = jnp.sum(jnp.mean((q - y_b) ** 2, axis=-1))
+    sq = (q - y_b) ** 2
+    if weights is not None:
+        sq = sq * jax.lax.stop_gradient(weights)
+    td_loss = jnp.sum(jnp.mean(sq, axis=-1))
     info = {"critic_loss": td_loss, "q_data": jnp.mean(q), "q_target": jnp.mean(y),
             # the first twin alone (all members): rlkit's "Q1 Predictions Mean"
             "q1_data": jnp.mean(jnp.take(q, 0, axis=ac.twin_axis(agent)))}
