@@ -48,7 +48,7 @@ BUILTIN_MODULES = ("o2o_jax.agents.off2on", "o2o_jax.agents.sac", "o2o_jax.agent
                    "o2o_jax.agents.pex", "o2o_jax.agents.famo2o",
                    "o2o_jax.agents.calql", "o2o_jax.agents.td3",
                    "o2o_jax.agents.redq", "o2o_jax.agents.prft",
-                   "o2o_jax.agents.upq")
+                   "o2o_jax.agents.upq", "o2o_jax.agents.e2o")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,13 +39,14 @@ class CQL(struct.PyTreeNode):
     bc_steps: int = struct.field(pytree_node=False, default=0)        # policy_eval_start
 
 
-def create(key: jax.Array, obs_dim: int, act_dim: int, cfg) -> CQL:
+def create(key: jax.Array, obs_dim: int, act_dim: int, cfg, num_qs: int = 2) -> CQL:
     """One CQL agent from an agent config (configs/base.py `agent`: the actor-critic's
-    fields and the cql_* / bc_steps knobs)."""
+    fields and the cql_* / bc_steps knobs); `num_qs` critics (CQL-N: the penalty on each,
+    the target's and the actor's min over all)."""
     lagrange_def = networks.make(networks.Temperature,
                                  initial_value=float(cfg.cql_lagrange_init))
     return CQL(
-        ac=ac.create(key, obs_dim, act_dim, cfg),
+        ac=ac.create(key, obs_dim, act_dim, cfg, num_qs=num_qs),
         lagrange=TrainState.create(apply_fn=lagrange_def.apply,
                                    params=lagrange_def.init(jax.random.PRNGKey(0))["params"],
                                    tx=optim.adam(cfg.cql_lagrange_lr)),

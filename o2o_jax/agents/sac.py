@@ -64,7 +64,7 @@ def critic_loss(critic_params, agent: ActorCritic, batch, key: jax.Array,
     y_b = jnp.expand_dims(y, ac.twin_axis(agent))
     sq = (q - y_b) ** 2
     if weights is not None:
-        sq = sq * jax.lax.stop_gradient(weights)
+        sq = sq * jax.lax.stop_gradient(jnp.expand_dims(weights, ac.twin_axis(agent)))
     td_loss = jnp.sum(jnp.mean(sq, axis=-1))
     info = {"critic_loss": td_loss, "q_data": jnp.mean(q), "q_target": jnp.mean(y),
             # the first twin alone (all members): rlkit's "Q1 Predictions Mean"
