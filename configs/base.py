@@ -79,6 +79,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.online.dr_batch_size = 256
     c.online.replay = "balanced"        # balanced | uniform | online_only | mixed
     c.online.offline_ratio = 0.5        # mixed replay: offline share of every RL batch
+    # The online buffer starts with max(seed_fraction x M, seed_min) random offline
+    # transitions (AdaptiveBC's seed data; 0: empty). They age out like online data.
+    c.online.seed_fraction = 0.0
+    c.online.seed_min = 0
     c.online.init_online_fraction = 0.5  # f: online share of sampling mass after epoch 0
     c.online.priority_temperature = 5.0  # T
     c.online.fifo_window = 250_000      # online DR batches come from the newest items

@@ -33,6 +33,11 @@ user package does). Shapes of the pieces:
 * `mc_returns`: the method reads `batch["mc_returns"]`, each transition's discounted
   Monte-Carlo return-to-go (discount `agent.discount`; `o2o_jax/mc_returns.py`): offline
   from the dataset, online written when its episode ends (-inf until then).
+* `online_start(agent, eval_returns [])` -> agent: optional, once at the start of a fresh
+  online phase with the first evaluation's mean return (AdaptiveBC's R-bar);
+  `episode_end(agent, return [], length [], ended [] bool)` -> agent: optional, after every
+  env step in which an episode ended (unchanged where `ended` is False; AdaptiveBC's
+  controller). Both per seed (the loop vmaps them) and pure.
 * `config_section`: (name, default_config) of the method's own config section.
 * `preset`: the paper's settings of the method, dotted config overrides (`apply_preset`).
 * `check(cfg)`: the method's config rules (raise `config_checks.ConfigError`).
@@ -48,7 +53,8 @@ BUILTIN_MODULES = ("o2o_jax.agents.off2on", "o2o_jax.agents.sac", "o2o_jax.agent
                    "o2o_jax.agents.pex", "o2o_jax.agents.famo2o",
                    "o2o_jax.agents.calql", "o2o_jax.agents.td3",
                    "o2o_jax.agents.redq", "o2o_jax.agents.prft",
-                   "o2o_jax.agents.upq", "o2o_jax.agents.e2o")
+                   "o2o_jax.agents.upq", "o2o_jax.agents.e2o",
+                   "o2o_jax.agents.adaptive_bc")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +83,8 @@ class Algorithm:
     post_offline: Optional[PostOffline] = None
     from_data: Optional[Callable] = None
     mc_returns: bool = False
+    online_start: Optional[Callable] = None
+    episode_end: Optional[Callable] = None
     config_section: Optional[Tuple[str, Callable]] = None
     preset: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     check: Optional[Callable] = None

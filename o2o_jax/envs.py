@@ -74,6 +74,7 @@ class BatchedEnvs:
         self.episode_return = np.zeros(num_envs)
         self.episode_length = np.zeros(num_envs, np.int64)
         self.last_returns = np.full(num_envs, np.nan)   # return of each env's last episode
+        self.last_lengths = np.zeros(num_envs, np.int64)   # and its length
 
     @property
     def num_envs(self) -> int:
@@ -97,6 +98,7 @@ class BatchedEnvs:
             if terminated[i] or truncated[i]:
                 finished.append(float(self.episode_return[i]))
                 self.last_returns[i] = self.episode_return[i]
+                self.last_lengths[i] = self.episode_length[i]
                 self.episode_return[i] = 0.0
                 self.episode_length[i] = 0
                 self.obs[i] = env.reset()[0]
@@ -121,7 +123,8 @@ class BatchedEnvs:
         return {"envs": per_env, "obs": self.obs.copy(),
                 "episode_return": self.episode_return.copy(),
                 "episode_length": self.episode_length.copy(),
-                "last_returns": self.last_returns.copy()}
+                "last_returns": self.last_returns.copy(),
+                "last_lengths": self.last_lengths.copy()}
 
     def set_state(self, state: dict) -> None:
         if len(state["envs"]) != self.num_envs:
@@ -137,6 +140,9 @@ class BatchedEnvs:
         self.episode_return = state["episode_return"].copy()
         self.episode_length = state["episode_length"].copy()
         self.last_returns = state["last_returns"].copy()
+        # (checkpoints written before the field existed: unknown, zero)
+        self.last_lengths = np.asarray(state.get("last_lengths", np.zeros(self.num_envs,
+                                                                          np.int64))).copy()
 
 
 def _time_limit(env):

@@ -113,16 +113,31 @@ def init_state(members: ActorCritic, offline_data, key: jax.Array, online_cfg,
     `agent`: the online agent if already built (e.g. by `Algorithm.to_online`); by
     default the members become one ensemble agent (the method's reference hand-over).
     The replay state (and, for balanced replay, the density-ratio net from `key`) come
-    from the replay mode's `init`.
+    from the replay mode's `init`; with `online.seed_fraction` > 0 the online buffer then
+    receives `seed_count` random offline transitions (drawn with fold_in(key, 1)).
     """
     oc = online_cfg
     if agent is None:
         agent = ensemble.hand_over(members, oc)
     num_offline = int(offline_data["rewards"].shape[0])
     example = {k: v[0] for k, v in offline_data.items()}
-    replay, dr_state = make_replay(oc.replay).init(num_offline, example, key, oc, obs_dim,
-                                                   act_dim)
+    mode = make_replay(oc.replay)
+    replay, dr_state = mode.init(num_offline, example, key, oc, obs_dim, act_dim)
+    seeds = seed_count(num_offline, oc)
+    if seeds:   # the online buffer starts with a random share of the offline data
+        idx = jax.random.randint(jax.random.fold_in(key, 1), (seeds,), 0, num_offline)
+        replay = mode.add(replay, {k: v[idx] for k, v in offline_data.items()})
     return OnlineState(agent=agent, dr=dr_state, replay=replay)
+
+
+def seed_count(num_offline: int, online_cfg) -> int:
+    """Offline transitions copied into the online buffer at the start (drawn with
+    replacement, AdaptiveBC's `distill`): max(seed_fraction x M, seed_min) if
+    seed_fraction > 0, else 0."""
+    frac = float(online_cfg.get("seed_fraction", 0.0))
+    if frac <= 0:
+        return 0
+    return max(int(frac * num_offline), int(online_cfg.get("seed_min", 0)))
 
 
 def q_auroc(agent: ActorCritic, observations, actions_taken, key, q_fn=ensemble.q_ens):

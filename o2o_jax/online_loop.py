@@ -84,6 +84,7 @@ def finetune(ctx: Context, state, key, start_epoch: int = 0, resume_meta=None,
     step_cfg = step_config(cfg)
     algo = algorithm.get(cfg.algo)
     act, act_eval = seeds_jit(algo.act), seeds_jit(algo.act_eval)
+    episode_end = seeds_jit(algo.episode_end) if algo.episode_end is not None else None
     q_auroc = seeds_jit(functools.partial(online.q_auroc, q_fn=algo.q_value))
     env = envs.BatchedEnvs(cfg.env, cfg.num_seeds, 0,
                            seeds=[COLLECT_SEED + s for s in ctx.seeds])
@@ -106,6 +107,9 @@ def finetune(ctx: Context, state, key, start_epoch: int = 0, resume_meta=None,
             lambda o: distributed.to_host(act_eval(state.agent, jnp.asarray(o))), cfg.env,
             oc.eval_episodes, eval_seeds).mean(axis=1)
         final = returns
+        if algo.online_start is not None and epoch == 0:   # a fresh phase (not a resume)
+            state = state.replace(agent=seeds_jit(algo.online_start)(
+                state.agent, jnp.asarray(returns, jnp.float32)))
         base = {"phase": "online", "epoch": epoch, "step": epoch,
                 "env_steps": epoch * oc.env_steps_per_epoch}
         extra = {"eval_return": returns,
@@ -120,15 +124,23 @@ def finetune(ctx: Context, state, key, start_epoch: int = 0, resume_meta=None,
         # The step keys stay on device: one call splits them into the epoch's per-step keys.
         step_keys = _per_step_keys(k_collect, oc.env_steps_per_epoch)
         steps = []
-        first_slot = epoch * oc.env_steps_per_epoch   # the online ring never wraps
+        if pending is not None:   # the replay slot of this epoch's first transition
+            first_slot = int(np.asarray(distributed.to_host(
+                state.replay.online.insert_pos)).reshape(-1)[0])
+            capacity = state.replay.online.capacity
         for t in range(oc.env_steps_per_epoch):
             action = act(state.agent, jnp.asarray(env.obs[:, None]), step_keys[t])
             transition, _ = env.step(distributed.to_host(action)[:, 0])
             steps.append(transition)
             for s in np.flatnonzero(env.episode_length == 0):   # episodes that just ended
                 recent[s] = (recent[s] + [float(env.last_returns[s])])[-10:]
+            ended = env.episode_length == 0
             if pending is not None:
-                pending.add(first_slot + t, transition["rewards"], env.episode_length == 0)
+                pending.add((first_slot + t) % capacity, transition["rewards"], ended)
+            if episode_end is not None and ended.any():
+                state = state.replace(agent=episode_end(
+                    state.agent, jnp.asarray(env.last_returns, jnp.float32),
+                    jnp.asarray(env.last_lengths, jnp.float32), jnp.asarray(ended)))
         new = {k: jnp.asarray(np.stack([t[k] for t in steps], axis=1))
                for k in TRANSITION_KEYS}
         if pending is not None:

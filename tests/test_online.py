@@ -219,3 +219,23 @@ def test_online_optimizers_use_the_online_learning_rates(fresh):
                 np.testing.assert_allclose(step.max(), lr, rtol=1e-3)
             else:
                 np.testing.assert_allclose(step, lr, rtol=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["online_only", "balanced"])
+def test_online_buffer_starts_with_seed_data(mode):
+    """online.seed_fraction: max(f M, seed_min) offline transitions drawn with
+    replacement by fold_in(key, 1) go into the online buffer first."""
+    a = base.get_agent_config()
+    a.hidden_dims = (16, 16)
+    members = ensemble.create_members(jax.random.PRNGKey(0), OBS, ACT, a, 2)
+    data = offline_data()
+    oc = online_cfg(mode)
+    oc.seed_fraction, oc.seed_min = 0.1, 30       # max(0.1 x 200, 30) = 30
+    key = jax.random.PRNGKey(1)
+    state = online.init_state(members, data, key, oc, OBS, ACT)
+    assert online.seed_count(M, oc) == 30 and int(state.replay.online.size) == 30
+    idx = np.asarray(jax.random.randint(jax.random.fold_in(key, 1), (30,), 0, M))
+    np.testing.assert_array_equal(np.asarray(state.replay.online.data["observations"][:30]),
+                                  np.asarray(data["observations"])[idx])
+    oc.seed_fraction = 0.0
+    assert int(online.init_state(members, data, key, oc, OBS, ACT).replay.online.size) == 0

@@ -73,6 +73,11 @@ class TD3(struct.PyTreeNode):
     # The actor's objective: "td3", "td3_bc" (lambda = bc_alpha / mean|Q1|), or
     # "normalized_bc" (-Q1 / mean|Q1| + bc_alpha MSE: PR-FT's refinement and fine-tuning).
     objective: str = struct.field(pytree_node=False, default="td3")
+    # The critics: `num_qs` of them (implicit in the parameters); the target's min over a
+    # random subset of `subset` target critics (0: over all, TD3); the actor's Q-hat the
+    # first critic ("q1", TD3) or the critics' mean ("mean", AdaptiveBC's REDQ critic).
+    subset: int = struct.field(pytree_node=False, default=0)
+    q_hat: str = struct.field(pytree_node=False, default="q1")
     bc_alpha_decay: float = struct.field(pytree_node=False, default=1.0)  # x per update
     discount: float = struct.field(pytree_node=False, default=0.99)
     tau: float = struct.field(pytree_node=False, default=5e-3)
@@ -85,8 +90,10 @@ class TD3(struct.PyTreeNode):
 OBJECTIVES = ("td3", "td3_bc", "normalized_bc")
 
 
-def create(key: jax.Array, obs_dim: int, act_dim: int, cfg, objective: str = "td3") -> TD3:
-    """One agent from the `td3` config section with the actor `objective`."""
+def create(key: jax.Array, obs_dim: int, act_dim: int, cfg, objective: str = "td3",
+           num_qs: int = 2, subset: int = 0, q_hat: str = "q1") -> TD3:
+    """One agent from the `td3` config section with the actor `objective` and `num_qs`
+    critics (see the fields)."""
     if objective not in OBJECTIVES:
         raise ValueError(f"objective {objective!r}: allowed {OBJECTIVES}")
     k_actor, k_critic = jax.random.split(key)
@@ -94,7 +101,7 @@ def create(key: jax.Array, obs_dim: int, act_dim: int, cfg, objective: str = "td
     actor_def = networks.make(networks.DeterministicActor, action_dim=act_dim,
                               hidden_dims=hidden, activation=cfg.activation)
     critic_def = networks.make(networks.TwinCritic, hidden_dims=hidden,
-                               activation=cfg.activation, num_qs=2)
+                               activation=cfg.activation, num_qs=int(num_qs))
     obs = jnp.zeros((1, obs_dim), jnp.float32)
     actor_params = actor_def.init(k_actor, obs)["params"]
     critic_params = critic_def.init(k_critic, obs, jnp.zeros((1, act_dim), jnp.float32))[
@@ -108,6 +115,7 @@ def create(key: jax.Array, obs_dim: int, act_dim: int, cfg, objective: str = "td
         target_actor_params=copy(actor_params), target_critic_params=copy(critic_params),
         obs_mean=jnp.zeros((obs_dim,), jnp.float32), obs_std=jnp.ones((obs_dim,), jnp.float32),
         bc_alpha=jnp.asarray(cfg.bc_alpha, jnp.float32), objective=objective,
+        subset=int(subset), q_hat=str(q_hat),
         discount=float(cfg.discount), tau=float(cfg.tau),
         policy_noise=float(cfg.policy_noise), noise_clip=float(cfg.noise_clip),
         policy_delay=int(cfg.policy_delay), expl_noise=float(cfg.expl_noise))
@@ -126,7 +134,7 @@ def mu(state: TD3, actor_params, observations):
 
 
 def q_values(state: TD3, critic_params, observations, actions):
-    """Twin Q-values [2, *batch]."""
+    """Every critic's Q-values [num_qs, *batch]."""
     return state.critic.apply_fn({"params": critic_params}, normalize(state, observations),
                                  actions)
 
@@ -136,13 +144,20 @@ def q_values(state: TD3, critic_params, observations, actions):
 # ---------------------------------------------------------------------------------------
 
 def td_targets(state: TD3, batch, key: jax.Array) -> jax.Array:
-    """y [B] with target smoothing (no gradient)."""
+    """y [B] with target smoothing (no gradient); the min over all target critics, or
+    (`subset` > 0) over a random subset of them: then `key` splits into (noise, subset)."""
     next_obs = batch["next_observations"]
     a_next = mu(state, state.target_actor_params, next_obs)
+    if state.subset:
+        key, k_subset = jax.random.split(key)
     noise = jnp.clip(state.policy_noise * jax.random.normal(key, a_next.shape),
                      -state.noise_clip, state.noise_clip)
     a_next = jnp.clip(a_next + noise, -1.0, 1.0)
-    q_next = jnp.min(q_values(state, state.target_critic_params, next_obs, a_next), axis=0)
+    q_all = q_values(state, state.target_critic_params, next_obs, a_next)
+    if state.subset:
+        q_all = q_all[jax.random.choice(k_subset, q_all.shape[0], (state.subset,),
+                                        replace=False)]
+    q_next = jnp.min(q_all, axis=0)
     return jax.lax.stop_gradient(batch["rewards"]
                                  + state.discount * (1.0 - batch["dones"]) * q_next)
 
@@ -161,7 +176,8 @@ def actor_loss(actor_params, state: TD3, critic_params, batch):
     (|Q1| at the policy's actions, no gradient through it)."""
     obs = batch["observations"]
     pi = mu(state, actor_params, obs)
-    q1 = q_values(state, critic_params, obs, pi)[0]
+    q_pi = q_values(state, critic_params, obs, pi)
+    q1 = jnp.mean(q_pi, axis=0) if state.q_hat == "mean" else q_pi[0]
     if state.objective == "td3":
         loss = -jnp.mean(q1)
         return loss, {"actor_loss": loss, "q_pi": jnp.mean(q1)}
@@ -235,7 +251,7 @@ def act(members: TD3, observations, key):
 
 
 def q_ens(members: TD3, observations, actions):
-    """mean over members of min(Q1, Q2)(s, a)."""
+    """mean over members of the min over their critics at (s, a)."""
     q = jax.vmap(lambda m: q_values(m, m.critic.params, observations, actions))(members)
     return jnp.mean(jnp.min(q, axis=1), axis=0)
 
@@ -261,9 +277,11 @@ def with_normalizer(members: TD3, dataset, cfg) -> TD3:
 # Registration: td3 and td3_bc
 # ---------------------------------------------------------------------------------------
 
-def members_from_config(key, obs_dim, act_dim, cfg, objective="td3"):
-    return stacking.create(lambda k: create(k, obs_dim, act_dim, cfg.td3, objective), key,
-                           cfg.agent.num_members)
+def members_from_config(key, obs_dim, act_dim, cfg, objective="td3", **critics):
+    """N = agent.num_members agents from the `td3` section; `critics`: num_qs, subset,
+    q_hat (see `create`)."""
+    return stacking.create(lambda k: create(k, obs_dim, act_dim, cfg.td3, objective,
+                                            **critics), key, cfg.agent.num_members)
 
 
 def check_config(cfg):

@@ -57,7 +57,8 @@ class Replay(NamedTuple):
 
 
 def online_capacity(online_cfg) -> int:
-    """Every online transition of the run is kept: epochs x env steps per epoch."""
+    """Every online transition of the run is kept: epochs x env steps per epoch (offline
+    seed data, `online.seed_fraction`, come first and are overwritten last)."""
     return int(online_cfg.epochs * online_cfg.env_steps_per_epoch)
 
 
