@@ -77,8 +77,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.online.first_epoch_multiplier = 5  # reference: 5 to 10
     c.online.batch_size = 256
     c.online.dr_batch_size = 256
-    c.online.replay = "balanced"        # balanced | uniform | online_only | mixed
+    c.online.replay = "balanced"        # balanced | uniform | online_only | mixed | oorb
     c.online.offline_ratio = 0.5        # mixed replay: offline share of every RL batch
+    c.online.oorb_window = 20_000       # oorb replay: the online buffer's newest items (ours)
+    c.online.oorb_online_prob = 0.5     # oorb replay: P(batch from the online buffer) (ours)
     # The online buffer starts with max(seed_fraction x M, seed_min) random offline
     # transitions (AdaptiveBC's seed data; 0: empty). They age out like online data.
     c.online.seed_fraction = 0.0

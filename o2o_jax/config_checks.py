@@ -119,6 +119,8 @@ def check_online(cfg):
     one_of(cfg, "online.replay", REPLAY_MODES)
     in_range(cfg, "online.offline_ratio", 0.0, 1.0)
     in_range(cfg, "online.seed_fraction", 0.0, 1.0)
+    positive_int(cfg, "online.oorb_window")
+    in_range(cfg, "online.oorb_online_prob", 0.0, 1.0)
     non_negative_int(cfg, "online.seed_min")
     in_range(cfg, "online.init_online_fraction", 0.0, 1.0, lo_open=True, hi_open=True)
     positive_float(cfg, "online.priority_temperature")

@@ -2,7 +2,8 @@
 
 `online_step` is the whole online gradient step, fused in one jitted function:
   1. draw the RL batch from the replay mode (`replay/modes.py`: balanced, prioritized by
-     density ratio; uniform: offline + online; online_only; mixed: a fixed offline share);
+     density ratio; uniform: offline + online; online_only; mixed: a fixed offline share;
+     oorb: APL's online / offline buffers);
   2. the method's online update (`StepConfig.update_fn`, `Algorithm.online_update(cfg)`;
      off2on's is the ensemble SAC update: critics, moment-matched actor, temperature, all
      gradients at the pre-update parameters, Polyak targets);
@@ -40,6 +41,8 @@ class StepConfig:
     priority_temperature: float = 5.0
     fifo_window: int = 250_000             # online DR batch: newest items only
     offline_ratio: float = 0.5             # mixed replay: offline share of each batch
+    oorb_window: int = 20_000              # oorb replay: the online buffer's newest items
+    oorb_online_prob: float = 0.5          # oorb replay: P(a batch from the online buffer)
     update_fn: Optional[Callable] = None   # the method's online update; None: SAC
 
     def __post_init__(self):
@@ -50,7 +53,8 @@ class StepConfig:
 def replay_of(cfg: StepConfig):
     """The replay mode's pure functions for these knobs."""
     return make_replay(cfg.replay, cfg.dr_batch_size, cfg.priority_temperature,
-                       cfg.fifo_window, cfg.offline_ratio)
+                       cfg.fifo_window, cfg.offline_ratio, cfg.oorb_window,
+                       cfg.oorb_online_prob)
 
 
 def rl_batch(replay, offline_data, key, cfg: StepConfig):

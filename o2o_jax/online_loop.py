@@ -27,6 +27,7 @@ def step_config(cfg) -> online.StepConfig:
     return online.StepConfig(batch_size=oc.batch_size, dr_batch_size=oc.dr_batch_size,
                              replay=oc.replay, priority_temperature=oc.priority_temperature,
                              fifo_window=oc.fifo_window, offline_ratio=oc.offline_ratio,
+                             oorb_window=oc.oorb_window, oorb_online_prob=oc.oorb_online_prob,
                              update_fn=algorithm.get(cfg.algo).online_update(cfg))
 
 

@@ -9,6 +9,12 @@
 * `mixed`: a fixed share of every batch from the offline data, the rest from the online
   transitions, each drawn uniformly (`offline_ratio`; 0.5 is RLPD's symmetric sampling,
   PEX's 128 + 128 and Cal-QL's `mixing_ratio`). The offline part comes first in the batch.
+* `oorb` (APL's online-offline replay): an online buffer of the newest `oorb_window`
+  online transitions and an offline buffer of the dataset plus the online transitions
+  that aged out of it; each batch comes wholly from the online buffer with probability
+  `oorb_online_prob`, else from the offline buffer, and carries `w` [B]: 0 from the
+  online buffer, 1 from the offline one. Nothing is moved: both are index ranges of the
+  same stores.
 
 The uniform modes (all but `balanced`) build neither the sum tree nor the density-ratio network: their state
 is the online ring buffer alone (`UniformReplayState`) and their `dr` is None.
@@ -34,7 +40,7 @@ import jax.numpy as jnp
 from o2o_jax import density_ratio as dr
 from o2o_jax.replay import buffers
 
-REPLAY_MODES = ("balanced", "uniform", "online_only", "mixed")
+REPLAY_MODES = ("balanced", "uniform", "online_only", "mixed", "oorb")
 
 
 class UniformReplayState(flax.struct.PyTreeNode):
@@ -126,6 +132,23 @@ def _mixed_sample(state, offline_data, key, batch_size, *, offline_ratio: float)
     return buffers.gather(state, offline_data, idx), idx
 
 
+def _oorb_sample(state, offline_data, key, batch_size, *, window: int, online_prob: float):
+    m, store = state.num_offline, state.online
+    k_coin, k_on, k_off = jax.random.split(key, 3)
+    recent = jnp.minimum(store.size, window)
+    aged = store.size - recent
+    from_online = (jax.random.uniform(k_coin) < online_prob) & (recent > 0)
+    oldest = store.insert_pos - store.size            # slot of the oldest online item
+    j_on = jax.random.randint(k_on, (batch_size,), 0, jnp.maximum(recent, 1))
+    on_idx = m + (store.insert_pos - 1 - j_on) % store.capacity
+    j_off = jax.random.randint(k_off, (batch_size,), 0, m + aged)
+    off_idx = jnp.where(j_off < m, j_off, m + (oldest + j_off - m) % store.capacity)
+    idx = jnp.where(from_online, on_idx, off_idx)
+    batch = buffers.gather(state, offline_data, idx)
+    batch["w"] = jnp.full((batch_size,), 1.0 - from_online.astype(jnp.float32))
+    return batch, idx
+
+
 def _no_refresh(state, dr_state, offline_data, batch, indices, keys):
     del offline_data, batch, indices, keys
     return state, dr_state, {}
@@ -133,10 +156,11 @@ def _no_refresh(state, dr_state, offline_data, batch, indices, keys):
 
 @functools.lru_cache(maxsize=None)
 def make_replay(mode: str, dr_batch_size: int = 256, priority_temperature: float = 5.0,
-                fifo_window: int = 250_000, offline_ratio: float = 0.5) -> Replay:
+                fifo_window: int = 250_000, offline_ratio: float = 0.5,
+                oorb_window: int = 20_000, oorb_online_prob: float = 0.5) -> Replay:
     """The pure functions of replay `mode` (one of REPLAY_MODES); the density-ratio knobs
-    only matter for `balanced`, `offline_ratio` only for `mixed`. Cached: equal arguments
-    give the same object."""
+    only matter for `balanced`, `offline_ratio` only for `mixed`, the `oorb_*` ones only
+    for `oorb`. Cached: equal arguments give the same object."""
     if mode == "balanced":
         refresh = functools.partial(_balanced_refresh, dr_batch_size=dr_batch_size,
                                     priority_temperature=priority_temperature,
@@ -149,5 +173,12 @@ def make_replay(mode: str, dr_batch_size: int = 256, priority_temperature: float
         if not 0.0 <= offline_ratio <= 1.0:
             raise ValueError(f"offline_ratio must lie in [0, 1], got {offline_ratio!r}")
         sample = functools.partial(_mixed_sample, offline_ratio=float(offline_ratio))
+        return Replay(mode, _uniform_init, _uniform_add, sample, _no_refresh)
+    if mode == "oorb":
+        if oorb_window < 1 or not 0.0 <= oorb_online_prob <= 1.0:
+            raise ValueError(f"oorb needs oorb_window >= 1 and oorb_online_prob in [0, 1]; "
+                             f"got {oorb_window}, {oorb_online_prob}")
+        sample = functools.partial(_oorb_sample, window=int(oorb_window),
+                                   online_prob=float(oorb_online_prob))
         return Replay(mode, _uniform_init, _uniform_add, sample, _no_refresh)
     raise ValueError(f"replay mode {mode!r}: allowed {REPLAY_MODES}")
