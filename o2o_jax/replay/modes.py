@@ -16,8 +16,9 @@
   online buffer, 1 from the offline one. Nothing is moved: both are index ranges of the
   same stores.
 
-The uniform modes (all but `balanced`) build neither the sum tree nor the density-ratio network: their state
-is the online ring buffer alone (`UniformReplayState`) and their `dr` is None.
+The uniform modes (all but `balanced`) build neither the sum tree nor the density-ratio
+network: their state is the online ring buffer alone (`UniformReplayState`) and their `dr`
+is None.
 
     replay = make_replay("balanced", dr_batch_size=256, priority_temperature=5.0,
                          fifo_window=250_000)
