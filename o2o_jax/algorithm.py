@@ -54,7 +54,8 @@ BUILTIN_MODULES = ("o2o_jax.agents.off2on", "o2o_jax.agents.sac", "o2o_jax.agent
                    "o2o_jax.agents.calql", "o2o_jax.agents.td3",
                    "o2o_jax.agents.redq", "o2o_jax.agents.prft",
                    "o2o_jax.agents.upq", "o2o_jax.agents.e2o",
-                   "o2o_jax.agents.adaptive_bc", "o2o_jax.agents.apl")
+                   "o2o_jax.agents.adaptive_bc", "o2o_jax.agents.apl",
+                   "o2o_jax.agents.aca")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,7 @@ def test_method_runs_end_to_end(minari_root, tmp_path, method):
     cfg = tiny_config(tmp_path, method)
     algorithm.get(method).apply_preset(cfg)
     cfg.online.epochs = 2
-    cfg.fqe.steps = cfg.prft.pr_steps = 20
+    cfg.fqe.steps = cfg.prft.pr_steps = cfg.aca.align_steps = 20
     cfg.bcq.update(vae_hidden_dims=(8, 8), actor_hidden_dims=(8, 8), critic_hidden_dims=(8, 8))
     cfg.iql.hidden_dims = cfg.td3.hidden_dims = (8, 8)
     summary = pipeline.run(cfg)
@@ -23,6 +23,7 @@ def test_method_runs_end_to_end(minari_root, tmp_path, method):
     assert phases == ({"online"} if method in ("sac", "redq") else
                       {"offline", "fqe", "online"} if method == "fqe_init" else
                       {"offline", "pr", "online"} if method == "prft" else
+                      {"offline", "align", "online"} if method == "aca" else
                       {"offline", "online"})
     online_rows = [r for r in rows if r["phase"] == "online" and r["critic_loss"]]
     assert all(np.isfinite(float(r["critic_loss"])) for r in online_rows)
