@@ -65,3 +65,20 @@ def test_gcql_penalty_is_cql_on_offline_buffer_batches_only(tiny_agent_cfg):
         np.testing.assert_allclose(float(got), want, rtol=1e-6)
         assert float(info["apl_w"]) == w
     assert abs(float(plain)) > 1e-3
+
+
+def test_gctd3bc_bc_term_only_on_offline_buffer_batches():
+    from configs import base
+    from o2o_jax.agents import td3
+    c = base.get_config().td3
+    c.hidden_dims = (16, 16)
+    state = td3.create(jax.random.PRNGKey(5), OBS, ACT, c, "td3_bc")
+    batch = random_batch(6, 16, OBS, ACT)
+    gated = state.replace(gate_bc=True)
+    for w in (1.0, 0.0):
+        b = {**batch, "w": jnp.full((16,), w)}
+        got, info = td3.actor_loss(gated.actor.params, gated, gated.critic.params, b)
+        want, want_info = td3.actor_loss(state.actor.params, state, state.critic.params, batch)
+        bc = float(want_info["bc_mse"])
+        assert bc > 1e-4
+        np.testing.assert_allclose(float(got), float(want) - (1 - w) * bc, rtol=1e-5)

@@ -17,6 +17,9 @@ marked "ours" are config fields).
   `online.cql_weight` (CQL's locomotion 5, ours), applied to the W = 1 samples only:
   the penalty of a batch is multiplied by mean_b W_b (exact, since W is constant within
   a batch). Offline: N CQL members, as Off2OnRL.
+* GCTD3BC (`apl_td3bc`): the TD3+BC of `agents/td3.py` (offline as TD3+BC), whose online
+  actor's BC term is multiplied by mean_b W (`TD3.gate_bc`): the greedy TD3 actor on
+  online-buffer batches, TD3+BC on offline-buffer ones.
 """
 import functools
 
@@ -54,6 +57,15 @@ def _check(cfg):
                "must be False for algo 'apl' (GCQL gates the fixed-weight penalty)")
 
 
+def _check_td3bc(cfg):
+    from o2o_jax import config_checks as cc
+    from o2o_jax.agents import td3
+    cc.require(cfg, "online.replay", cfg.online.replay == "oorb",
+               "must be 'oorb' for algo 'apl_td3bc' (its BC switch W comes from the "
+               "online/offline buffer of each batch)")
+    td3.check_config(cfg)
+
+
 def _register():
     from o2o_jax import algorithm
     algorithm.register(algorithm.Algorithm(
@@ -64,6 +76,17 @@ def _register():
         act=cql.act, act_eval=cql.act_eval, q_value=cql.q_ens,
         members_act_eval=cql.members_act_eval,
         preset={"online.replay": "oorb", "online.cql_weight": 5.0}, check=_check))
+    from o2o_jax.agents import td3
+    algorithm.register(algorithm.Algorithm(
+        name="apl_td3bc", summary="APL (GCTD3BC): TD3+BC offline; online its BC term only "
+                                  "on batches from the offline buffer (OORB)",
+        create_members=functools.partial(td3.members_from_config, objective="td3_bc"),
+        offline_update=lambda cfg: td3.update,
+        to_online=lambda members, cfg: members.replace(gate_bc=True),
+        online_update=lambda cfg: td3.members_update, act=td3.act, act_eval=td3.act_eval,
+        q_value=td3.q_ens, members_act_eval=td3.act_eval, from_data=td3.with_normalizer,
+        preset={"agent.num_members": 1, "online.replay": "oorb"}, check=_check_td3bc,
+        progress_keys=("critic_loss", "q_data", "actor_loss")))
 
 
 _register()

@@ -78,6 +78,8 @@ class TD3(struct.PyTreeNode):
     # first critic ("q1", TD3) or the critics' mean ("mean", AdaptiveBC's REDQ critic).
     subset: int = struct.field(pytree_node=False, default=0)
     q_hat: str = struct.field(pytree_node=False, default="q1")
+    # The BC term times mean_b batch["w"] (APL's GCTD3BC: only offline-buffer batches).
+    gate_bc: bool = struct.field(pytree_node=False, default=False)
     bc_alpha_decay: float = struct.field(pytree_node=False, default=1.0)  # x per update
     discount: float = struct.field(pytree_node=False, default=0.99)
     tau: float = struct.field(pytree_node=False, default=5e-3)
@@ -183,6 +185,8 @@ def actor_loss(actor_params, state: TD3, critic_params, batch):
         return loss, {"actor_loss": loss, "q_pi": jnp.mean(q1)}
     scale = jax.lax.stop_gradient(1.0 / jnp.mean(jnp.abs(q1)))
     bc = jnp.mean((pi - batch["actions"]) ** 2)
+    if state.gate_bc:
+        bc = bc * jnp.mean(batch["w"])
     if state.objective == "td3_bc":
         lam = state.bc_alpha * scale
         loss = -lam * jnp.mean(q1) + bc
