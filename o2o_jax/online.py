@@ -69,10 +69,12 @@ def online_step(state: OnlineState, offline_data, key: jax.Array, cfg: StepConfi
     batch, idx = replay.sample(state.replay, offline_data, k_rl, cfg.batch_size)
     update_fn = cfg.update_fn or sac.update
     agent, info = update_fn(state.agent, batch, k_agent)
+    priorities = info.pop("priorities", None)     # a method's own (replay 'prioritized')
     info["offline_fraction"] = buffers.offline_fraction(idx, state.replay.num_offline)
     # The refresh's keys are the two the step has always given the DR batches.
     replay_state, dr_state, replay_info = replay.refresh(
-        state.replay, state.dr, offline_data, batch, idx, jnp.stack([k_off, k_on]))
+        state.replay, state.dr, offline_data, batch, idx, jnp.stack([k_off, k_on]),
+        priorities=priorities)
     info.update(replay_info)
     return OnlineState(agent=agent, dr=dr_state, replay=replay_state), info
 

@@ -64,6 +64,7 @@ def critic_loss(critic_params, agent: ActorCritic, batch, key: jax.Array,
     y_b = jnp.expand_dims(y, ac.twin_axis(agent))
     sq = (q - y_b) ** 2
     if weights is not None:
+        weights = jnp.broadcast_to(weights, y.shape)          # [B] or per member [N, B]
         sq = sq * jax.lax.stop_gradient(jnp.expand_dims(weights, ac.twin_axis(agent)))
     td_loss = jnp.sum(jnp.mean(sq, axis=-1))
     info = {"critic_loss": td_loss, "q_data": jnp.mean(q), "q_target": jnp.mean(y),
@@ -77,7 +78,10 @@ def critic_loss(critic_params, agent: ActorCritic, batch, key: jax.Array,
     return loss, info
 
 
-def actor_loss(actor_params, agent: ActorCritic, batch, key: jax.Array, bc_steps: int = 0):
+def actor_loss(actor_params, agent: ActorCritic, batch, key: jax.Array,
+               bc_steps: int = 0, extra_fn: Optional[Callable] = None):
+    """SAC's actor loss; `extra_fn(agent, batch, mean, log_std) -> (loss, info)` adds a
+    method's term on the policy's pre-tanh moments (e.g. BAQ's gated BC)."""
     mean, log_std = ac.policy(agent, actor_params, batch["observations"])
     actions, log_probs = dist.sample(key, mean, log_std)
     q = ac.conservative_q(agent, ac.q_values(agent, agent.critic.params,
@@ -88,8 +92,12 @@ def actor_loss(actor_params, agent: ActorCritic, batch, key: jax.Array, bc_steps
         bc = alpha * log_probs - dist.log_prob(mean, log_std, batch["actions"])
         per_sample = jnp.where(agent.critic.step < bc_steps, bc, per_sample)
     loss = jnp.mean(per_sample)
-    return loss, {"actor_loss": loss, "entropy": -jnp.mean(log_probs), "q_pi": jnp.mean(q),
-                  "log_probs": log_probs}
+    info = {"entropy": -jnp.mean(log_probs), "q_pi": jnp.mean(q), "log_probs": log_probs}
+    if extra_fn is not None:
+        extra, extra_info = extra_fn(agent, batch, mean, log_std)
+        loss = loss + extra
+        info.update(extra_info)
+    return loss, {"actor_loss": loss, **info}
 
 
 def temperature_loss(temp_params, agent: ActorCritic, log_probs: jax.Array):
@@ -99,18 +107,19 @@ def temperature_loss(temp_params, agent: ActorCritic, log_probs: jax.Array):
 
 def update(agent: ActorCritic, batch, key: jax.Array,
            penalty_fn: Optional[PenaltyFn] = None, bc_steps: int = 0,
-           target_fn: Optional[Callable] = None):
+           target_fn: Optional[Callable] = None, actor_extra: Optional[Callable] = None):
     """One SAC(-family) gradient step: (agent, batch, key) -> (agent, info).
 
     `penalty_fn` is added to the critic loss (CQL's); during the first `bc_steps` updates
     (counted by the critic's step) the actor clones the data actions instead (CQL's warm
-    start); `target_fn` replaces the TD target (`td_targets`). All static."""
+    start); `target_fn` replaces the TD target (`td_targets`); `actor_extra` adds a term
+    to the actor loss (`actor_loss`'s `extra_fn`). All static."""
     k_critic, k_actor = jax.random.split(key)
     loss_fn = functools.partial(critic_loss, penalty_fn=penalty_fn, target_fn=target_fn)
     (_, critic_info), critic_grads = jax.value_and_grad(loss_fn, has_aux=True)(
         agent.critic.params, agent, batch, k_critic)
     (_, actor_info), actor_grads = jax.value_and_grad(actor_loss, has_aux=True)(
-        agent.actor.params, agent, batch, k_actor, bc_steps)
+        agent.actor.params, agent, batch, k_actor, bc_steps, actor_extra)
     log_probs = actor_info.pop("log_probs")
     temp_loss, temp_grads = jax.value_and_grad(temperature_loss)(agent.temp.params, agent,
                                                                  log_probs)

@@ -9,6 +9,10 @@
 * `mixed`: a fixed share of every batch from the offline data, the rest from the online
   transitions, each drawn uniformly (`offline_ratio`; 0.5 is RLPD's symmetric sampling,
   PEX's 128 + 128 and Cal-QL's `mixing_ratio`). The offline part comes first in the batch.
+* `prioritized`: the balanced buffer's sum tree over offline + online items, with the
+  priorities the *method* gives: its update returns `info["priorities"]` [B] for the
+  batch it drew (BAQ's BC divergence), written back by `refresh`; new online items enter
+  at the running maximum, offline items start at 1. No density-ratio net.
 * `oorb` (APL's online-offline replay): an online buffer of the newest `oorb_window`
   online transitions and an offline buffer of the dataset plus the online transitions
   that aged out of it; each batch comes wholly from the online buffer with probability
@@ -41,7 +45,8 @@ import jax.numpy as jnp
 from o2o_jax import density_ratio as dr
 from o2o_jax.replay import buffers
 
-REPLAY_MODES = ("balanced", "uniform", "online_only", "mixed", "oorb")
+REPLAY_MODES = ("balanced", "uniform", "online_only", "mixed", "oorb",
+                "prioritized")
 
 
 class UniformReplayState(flax.struct.PyTreeNode):
@@ -60,7 +65,8 @@ class Replay(NamedTuple):
     init: Callable      # (num_offline, example, key, online_cfg, obs_dim, act_dim) -> (state, dr)
     add: Callable       # (state, transitions [K, ...]) -> state
     sample: Callable    # (state, offline_data, key, batch_size) -> (batch, indices)
-    refresh: Callable   # (state, dr, offline_data, batch, indices, keys [2]) -> (state, dr, info)
+    refresh: Callable   # (state, dr, offline_data, batch, indices, keys [2],
+    #                      priorities=None) -> (state, dr, info)
 
 
 def online_capacity(online_cfg) -> int:
@@ -80,8 +86,8 @@ def _balanced_init(num_offline, example, key, online_cfg, obs_dim, act_dim):
     return state, dr_state
 
 
-def _balanced_refresh(state, dr_state, offline_data, batch, indices, keys, *,
-                      dr_batch_size, priority_temperature, fifo_window):
+def _balanced_refresh(state, dr_state, offline_data, batch, indices, keys, priorities=None,
+                      *, dr_batch_size, priority_temperature, fifo_window):
     """New priorities of the sampled leaves from the *pre-update* density-ratio net, and
     the net's own update from the same parameters (an offline and an online DR batch).
     `keys` [2, ...]: the offline and the online DR batch's keys."""
@@ -150,9 +156,26 @@ def _oorb_sample(state, offline_data, key, batch_size, *, window: int, online_pr
     return batch, idx
 
 
-def _no_refresh(state, dr_state, offline_data, batch, indices, keys):
-    del offline_data, batch, indices, keys
+def _no_refresh(state, dr_state, offline_data, batch, indices, keys, priorities=None):
+    del offline_data, batch, indices, keys, priorities
     return state, dr_state, {}
+
+
+# ----------------------------------------------------------- prioritized by the method
+
+def _prioritized_init(num_offline, example, key, online_cfg, obs_dim, act_dim):
+    del key, obs_dim, act_dim        # no density-ratio net
+    return buffers.init(num_offline, online_capacity(online_cfg), example), None
+
+
+def _method_refresh(state, dr_state, offline_data, batch, indices, keys, priorities=None):
+    del offline_data, batch, keys
+    if priorities is None:
+        raise ValueError("replay 'prioritized' takes its priorities from the method: its "
+                         "online update must return info['priorities'] [B] (e.g. algo "
+                         "'baq'); use another replay mode for this method")
+    state = buffers.set_priorities(state, indices, priorities)
+    return state, dr_state, {"priority_mean": jnp.mean(priorities)}
 
 
 @functools.lru_cache(maxsize=None)
@@ -175,6 +198,9 @@ def make_replay(mode: str, dr_batch_size: int = 256, priority_temperature: float
             raise ValueError(f"offline_ratio must lie in [0, 1], got {offline_ratio!r}")
         sample = functools.partial(_mixed_sample, offline_ratio=float(offline_ratio))
         return Replay(mode, _uniform_init, _uniform_add, sample, _no_refresh)
+    if mode == "prioritized":
+        return Replay(mode, _prioritized_init, buffers.add_online, buffers.sample,
+                      _method_refresh)
     if mode == "oorb":
         if oorb_window < 1 or not 0.0 <= oorb_online_prob <= 1.0:
             raise ValueError(f"oorb needs oorb_window >= 1 and oorb_online_prob in [0, 1]; "
