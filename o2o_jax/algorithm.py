@@ -55,7 +55,8 @@ BUILTIN_MODULES = ("o2o_jax.agents.off2on", "o2o_jax.agents.sac", "o2o_jax.agent
                    "o2o_jax.agents.redq", "o2o_jax.agents.prft",
                    "o2o_jax.agents.upq", "o2o_jax.agents.e2o",
                    "o2o_jax.agents.adaptive_bc", "o2o_jax.agents.apl",
-                   "o2o_jax.agents.aca", "o2o_jax.agents.baq")
+                   "o2o_jax.agents.aca", "o2o_jax.agents.baq",
+                   "o2o_jax.agents.opt")
 
 
 @dataclasses.dataclass(frozen=True)

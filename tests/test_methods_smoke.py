@@ -14,6 +14,7 @@ def test_method_runs_end_to_end(minari_root, tmp_path, method):
     algorithm.get(method).apply_preset(cfg)
     cfg.online.epochs = 2
     cfg.fqe.steps = cfg.prft.pr_steps = cfg.aca.align_steps = 20
+    cfg.opt.pretrain_updates = 10          # both of OPT's online phases run
     cfg.bcq.update(vae_hidden_dims=(8, 8), actor_hidden_dims=(8, 8), critic_hidden_dims=(8, 8))
     cfg.iql.hidden_dims = cfg.td3.hidden_dims = (8, 8)
     summary = pipeline.run(cfg)
@@ -33,6 +34,9 @@ def test_method_runs_end_to_end(minari_root, tmp_path, method):
         assert all(r["awac_weight"] for r in online_rows)
     if method == "iql":
         assert all(float(r["value_loss"]) > 0 for r in online_rows)
+    if method == "opt":
+        flags = [float(r["opt_pretraining"]) for r in online_rows]
+        assert flags[0] > 0.0 and flags[-1] == 0.0   # epoch means of the phase flag
     if method == "calql":   # offline halves of the batches carry real Monte-Carlo floors
         assert any(float(r["cql_floor_rate"]) > 0 for r in online_rows)
     if method == "cql_ft":
