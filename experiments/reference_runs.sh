@@ -7,7 +7,7 @@
 #
 #   MEMBERS_SRC=<folder of the authors' *_seed*/ member folders> \
 #   REFERENCE_CSV=<the rerun's progress.csv> OUT=runs/reference \
-#       bash experiments/reference_runs.sh [all|main|controls|figure]
+#       bash experiments/reference_runs.sh [all|main|ucb|controls|upq|figure]
 #
 # The authors' files are not part of this project (see shared/reference/README.md).
 set -euo pipefail
@@ -46,6 +46,14 @@ if [ "$WHAT" = all ] || [ "$WHAT" = main ]; then
   train off2on_our_data --config.num_seeds=2 "$OUR_DATA" \
       --config.online.load_offline_from="$OUT/members5"
 fi
+if [ "$WHAT" = all ] || [ "$WHAT" = ucb ]; then
+  # The rerun's own exploration (each member proposes, UCB lambda = 100 picks) for the
+  # whole 250 epochs, one online seed per run (~2 h each on a 2-core CPU).
+  for seed in 1 0; do
+    train "off2on_ucb100_seed${seed}_e250" "$MEMBERS_DATA" --config.seed="$seed" \
+        --config.online.explore_ucb_lambda=100 --config.online.load_offline_from="$OUT/members5"
+  done
+fi
 if [ "$WHAT" = all ] || [ "$WHAT" = controls ]; then
   # Controls from the same members, 100 epochs, on the members' data; the cheap ones
   # (one member) first.
@@ -61,10 +69,18 @@ if [ "$WHAT" = all ] || [ "$WHAT" = controls ]; then
   train off2on_online_only "$MEMBERS_DATA" --config.online.epochs=100 \
       --config.online.replay=online_only --config.online.load_offline_from="$OUT/members5"
 fi
+if [ "$WHAT" = all ] || [ "$WHAT" = upq ]; then
+  # UPQ (issue 17) from the same members: beta in the seed's table, 100 epochs each.
+  for beta in 0.001 0.01 0.1; do
+    VARIANT=reference,upq train "upq_beta${beta}" "$MEMBERS_DATA" --config.online.epochs=100 \
+        --config.upq.beta="$beta" --config.online.load_offline_from="$OUT/members5"
+  done
+fi
 if [ "$WHAT" = all ] || [ "$WHAT" = figure ]; then
   runs=(); labels=()
-  for r in off2on_members_data off2on_our_data sac_ft_member0 off2on_ucb100 off2on_uniform \
-           off2on_online_only off2on_n1_member0; do
+  for r in off2on_members_data off2on_our_data off2on_ucb100_seed1_e250 \
+           off2on_ucb100_seed0_e250 sac_ft_member0 off2on_ucb100 off2on_uniform \
+           off2on_online_only off2on_n1_member0 upq_beta0.001 upq_beta0.01 upq_beta0.1; do
     [ -f "$OUT/$r/metrics.csv" ] && { runs+=("$OUT/$r"); labels+=(--label="$r"); }
   done
   python -m experiments.reference_curve --reference="${REFERENCE_CSV:?set REFERENCE_CSV}" \
