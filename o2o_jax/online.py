@@ -136,6 +136,15 @@ def init_state(members: ActorCritic, offline_data, key: jax.Array, online_cfg,
     return OnlineState(agent=agent, dr=dr_state, replay=replay)
 
 
+def total_updates(online_cfg) -> int:
+    """Every online update of a run: (epochs - 1 + first_epoch_multiplier) x
+    updates_per_epoch (0 without an online phase); the horizon of methods' schedules."""
+    oc = online_cfg
+    if oc.epochs <= 0:
+        return 0
+    return int((oc.epochs - 1 + oc.first_epoch_multiplier) * oc.updates_per_epoch)
+
+
 def seed_count(num_offline: int, online_cfg) -> int:
     """Offline transitions copied into the online buffer at the start (drawn with
     replacement, AdaptiveBC's `distill`): max(seed_fraction x M, seed_min) if

@@ -131,9 +131,9 @@ def online_update(state: BAQ, batch, key):
 
 
 def to_online(members: BAQ, cfg) -> BAQ:
-    from o2o_jax.agents import prft
+    from o2o_jax import online
     first = stacking.member(members, 0)
-    t_relax = cfg.baq.t_relax or prft.online_updates(cfg)
+    t_relax = cfg.baq.t_relax or online.total_updates(cfg.online)
     return first.replace(cql=first.cql.replace(ac=cql.to_ensemble_agent(members.cql, cfg)),
                          bc=first.bc, t_relax=float(max(t_relax, 1)))
 

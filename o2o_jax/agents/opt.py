@@ -195,8 +195,8 @@ def members_update(members: OPT, batch, key):
 
 
 def to_online(members: OPT, cfg) -> OPT:
-    from o2o_jax.agents import prft
-    finetune = max(prft.online_updates(cfg) - int(cfg.opt.pretrain_updates), 1)
+    from o2o_jax import online
+    finetune = max(online.total_updates(cfg.online) - int(cfg.opt.pretrain_updates), 1)
     return members.replace(kappa_updates=float(max(cfg.opt.kappa_fraction * finetune, 1.0)))
 
 

@@ -34,11 +34,9 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def online_updates(cfg) -> int:
-    """N: every online update of the run (the first epoch runs the multiplier's share)."""
-    oc = cfg.online
-    if oc.epochs <= 0:
-        return 0
-    return int((oc.epochs - 1 + oc.first_epoch_multiplier) * oc.updates_per_epoch)
+    """N: every online update of the run (`online.total_updates`)."""
+    from o2o_jax import online
+    return online.total_updates(cfg.online)
 
 
 def decay_factor(alpha_end_ratio: float, num_updates: int) -> float:
