@@ -144,12 +144,14 @@ def xla_flops(fn, *args) -> float:
 
 def bench_methods(hidden, batch, steps, reps, peak):
     """Every registered method's offline update of one member: updates/s and % of the
-    matmul rate. Networks: `hidden` for the sections that take it (agent, iql); a method
+    matmul rate. Networks: `hidden` for every config section with `hidden_dims`; a method
     with its own paper sizes (BCQ) keeps them. FLOPs from XLA's cost analysis."""
     from o2o_jax import algorithm
     data = fake_data()
     cfg = base.get_config()
-    cfg.agent.hidden_dims = cfg.iql.hidden_dims = tuple(hidden)
+    for section in cfg.values():       # every section with networks of `hidden_dims`
+        if hasattr(section, "keys") and "hidden_dims" in section:
+            section.hidden_dims = tuple(hidden)
     cfg.agent.num_members = 1
     cfg.agent.backup_entropy = False
     rows = []
