@@ -130,8 +130,10 @@ def test_td3_bc_run_resumes_from_its_checkpoint(minari_root, tmp_path, monkeypat
     def configure(c):
         algorithm.get("td3_bc").apply_preset(c)
         c.td3.hidden_dims = (8, 8)
+        c.num_seeds = 2                      # the normaliser of each seed, vmapped
 
-    resumed_rows_match(tmp_path, monkeypatch, configure)
+    rows = resumed_rows_match(tmp_path, monkeypatch, configure)
+    assert {float(r["seed"]) for r in rows} == {0.0, 1.0}
 
 
 # ---------------------------------------------------------------------------------------
