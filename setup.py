@@ -5,6 +5,8 @@ setup(
     version="0.1.0",
     description="Offline-to-online RL (balanced replay + pessimistic Q-ensemble) in JAX/Flax",
     packages=find_packages(include=["o2o_jax", "o2o_jax.*", "experiments", "configs"]),
+    # The shipped behaviour policies of the dataset recipe (experiments.ship_policy).
+    package_data={"o2o_jax.data": ["policies/*/*.msgpack", "policies/*/*.json"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.4.30",

@@ -8,8 +8,10 @@
 Kinds: random, medium, medium-replay, expert, medium-expert (see o2o_jax/data/recipes.py).
 Datasets go to Minari's local root ($MINARI_DATASETS_PATH, else ~/.minari/datasets);
 behaviour policies to <root>/o2o/<env>/policies/sac-seed<seed>/ and are reused by later
-builds (delete that folder to retrain). Progress lines with elapsed time and ETA go to
-stderr.
+builds (delete that folder to retrain). Where the package ships the behaviour policy
+(o2o_jax/data/policies/, `python -m experiments.ship_policy`) and the budget is the one it
+came from, medium and expert are rolled out from it without training; --retrain trains
+SAC anyway. Progress lines with elapsed time and ETA go to stderr.
 """
 import time
 
@@ -33,6 +35,8 @@ _TARGET = flags.DEFINE_float("target_return", None,
 _SEED = flags.DEFINE_integer("seed", 0, "Build seed (SAC run, rollouts).")
 _FORCE = flags.DEFINE_boolean("force", False, "Replace an existing dataset (saved policies "
                               "are reused).")
+_RETRAIN = flags.DEFINE_boolean("retrain", False, "Train the SAC behaviour policy even where "
+                                "the package ships one for this env, kind and budget.")
 _HIDDEN = flags.DEFINE_list("hidden_dims", ["256", "256"], "SAC hidden layer sizes.")
 _START = flags.DEFINE_integer("start_steps", 10_000, "Uniform-random warm-up env steps.")
 _BATCH = flags.DEFINE_integer("batch_size", 256, "SAC minibatch size.")
@@ -127,7 +131,8 @@ def main(argv):
         target_return=_TARGET.value, seed=_SEED.value,
         hidden_dims=tuple(int(h) for h in _HIDDEN.value), batch_size=_BATCH.value,
         start_steps=_START.value, eval_every=_EVAL_EVERY.value,
-        eval_episodes=_EVAL_EPISODES.value, num_envs=_NUM_ENVS.value)
+        eval_episodes=_EVAL_EPISODES.value, num_envs=_NUM_ENVS.value,
+        retrain=_RETRAIN.value)
     if _MEMBERS.value:
         if not _DATASET_ID.value:
             raise app.UsageError("--members needs --dataset_id (the id to write)")

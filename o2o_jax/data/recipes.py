@@ -21,6 +21,8 @@ continues the run from its medium point. A SAC run that passes the medium point 
 writes the medium-replay dataset if it is missing (it cannot be recovered later).
 """
 import dataclasses
+import json
+import pathlib
 import platform
 import time
 from typing import Any, Callable, Dict, List, Optional
@@ -45,6 +47,9 @@ WRITE_EPISODES_PER_S = 500.0     # HDF5 episode groups written by Minari
 # Env steps at which our own seed-0 SAC runs with the default budget reached the default
 # medium target (DATASETS.md): the typical length of the medium / medium-replay SAC run.
 MEDIUM_POINT_STEPS = {"hopper": 200_000, "halfcheetah": 90_000, "walker2d": 280_000}
+# Behaviour policies shipped with the package (experiments.ship_policy writes them):
+# <env>/<role>.msgpack (actor parameters) and <role>.json (config, returns, provenance).
+SHIPPED_DIR = pathlib.Path(__file__).resolve().parent / "policies"
 
 DIFFERENCES_FROM_D4RL = (
     "Gymnasium v5 envs (D4RL: v2); terminations and truncations stored separately; random "
@@ -96,6 +101,36 @@ def policy_dir(env_name: str, seed: int):
     return store.dataset_root() / NAMESPACE / env_name / "policies" / f"sac-seed{seed}"
 
 
+def shipped_policy(env_name: str, role: str) -> Optional[pathlib.Path]:
+    """The package's shipped `role` policy of `env_name` (path without suffix), or None."""
+    p = SHIPPED_DIR / env_name / role
+    return p if p.with_suffix(".json").exists() and p.with_suffix(".msgpack").exists() \
+        else None
+
+
+def shipped_info(path: pathlib.Path) -> Dict[str, Any]:
+    return json.loads(pathlib.Path(path).with_suffix(".json").read_text())
+
+
+def uses_shipped(env_name: str, role: str, b: "Budget") -> Optional[pathlib.Path]:
+    """The shipped policy a build of `role` rolls out instead of training SAC, or None:
+    when there is one, no policy of this seed was saved before, `--retrain` is off, and
+    the budget asks for what it is (seed 0, its network; medium: the default target;
+    expert: its number of SAC steps)."""
+    path = shipped_policy(env_name, role)
+    if (path is None or b.retrain or b.seed != 0
+            or (policy_dir(env_name, b.seed) / f"{role}.json").exists()):
+        return None
+    info = shipped_info(path)
+    if tuple(info["agent_config"]["hidden_dims"]) != tuple(b.hidden_dims):
+        return None
+    if role == "medium" and b.target_return is not None:
+        return None
+    if role == "expert" and int(info["env_steps"]) != int(b.train_steps):
+        return None
+    return path
+
+
 @dataclasses.dataclass(frozen=True)
 class Budget:
     """Sizes and the SAC budget. Defaults follow D4RL (1M transitions, SAC to 1M steps)."""
@@ -110,6 +145,7 @@ class Budget:
     eval_every: int = 10_000
     eval_episodes: int = 5
     num_envs: int = 8                   # envs side by side in dataset rollouts
+    retrain: bool = False               # train SAC even where a shipped policy fits
 
     def target(self, env_name: str) -> float:
         if self.target_return is not None:
@@ -170,11 +206,14 @@ def estimate_seconds(env_name: str, kind: str, b: Budget) -> float:
     if kind == "random":
         return b.transitions / RANDOM_STEPS_PER_S + b.transitions / 20 / WRITE_EPISODES_PER_S
     if kind in ("medium", "medium-replay"):
-        train = 0.0 if (kind == "medium" and (pdir / "medium.json").exists()) \
-            else b.train_steps / sac_rate
+        have = kind == "medium" and ((pdir / "medium.json").exists()
+                                     or uses_shipped(env_name, "medium", b) is not None)
+        train = 0.0 if have else b.train_steps / sac_rate
         return train + (rollout if kind == "medium" else 0.0)
     if kind == "expert":
-        train = 0.0 if (pdir / "expert.json").exists() else b.train_steps / sac_rate
+        have = ((pdir / "expert.json").exists()
+                or uses_shipped(env_name, "expert", b) is not None)
+        train = 0.0 if have else b.train_steps / sac_rate
         return train + rollout
     return sum(estimate_seconds(env_name, k, b) for k in ("medium", "expert")
                if not store.exists_locally(default_id(env_name, k)))
@@ -211,9 +250,18 @@ def describe(env_name: str, kind: str, b: Budget) -> str:
     }[kind]
     est = estimate_seconds(env_name, kind, b)
     pdir = policy_dir(env_name, b.seed)
+    shipped = uses_shipped(env_name, kind, b) if kind in ("medium", "expert") else None
+    if shipped is not None:
+        info = shipped_info(shipped)
+        what = (f"{b.transitions:,} transitions of the shipped {kind} policy "
+                f"({shipped.relative_to(SHIPPED_DIR.parent.parent)}: SAC "
+                f"{info['env_steps']:,} env steps, recorded stochastic return "
+                f"{info['eval_return_stochastic']:.1f}, deterministic "
+                f"{info['eval_return_deterministic']:.1f}; --retrain trains SAC instead)")
     typical = medium_point_seconds(env_name, b)
     trains_to_medium = (kind == "medium-replay"
-                        or (kind == "medium" and not (pdir / "medium.json").exists()))
+                        or (kind == "medium" and shipped is None
+                            and not (pdir / "medium.json").exists()))
     if trains_to_medium and typical is not None:
         rest = est - b.train_steps / _sac_rate(b)
         when = (f"~{format_seconds(typical + rest)} (our seed-0 build of this recipe "
@@ -222,7 +270,7 @@ def describe(env_name: str, kind: str, b: Budget) -> str:
     elif trains_to_medium:
         when = (f"up to ~{format_seconds(est)} (SAC stops at the medium point, which is not "
                 "known in advance for these settings")
-    elif kind == "random":
+    elif kind == "random" or shipped is not None:
         when = f"~{format_seconds(est)} (no training"
     else:
         when = f"up to ~{format_seconds(est)} (reused policies make it shorter"
@@ -379,8 +427,16 @@ def _run_sac(env_name: str, b: Budget, *, to_expert: bool, force_replay: bool,
 
 
 def _policy(env_name: str, role: str, b: Budget, log: Callable[[str], None]):
-    """The saved `role` policy (training it first if needed): (agent, info)."""
+    """The `role` policy: shipped with the package where it fits the budget
+    (`uses_shipped`), else saved by an earlier build, else trained now: (agent, info)."""
     pdir = policy_dir(env_name, b.seed)
+    shipped = uses_shipped(env_name, role, b)
+    if shipped is not None:
+        agent, info = behavior.load_policy(shipped)
+        log(f"[policy] using the shipped {role} policy {shipped}.msgpack (SAC "
+            f"{info['env_steps']:,} env steps, recorded stochastic return "
+            f"{info['eval_return_stochastic']:.1f}); --retrain trains SAC instead")
+        return agent, {**info, "shipped": str(shipped.relative_to(SHIPPED_DIR.parent.parent))}
     if not (pdir / f"{role}.json").exists():
         _run_sac(env_name, b, to_expert=(role == "expert"), force_replay=False, log=log)
     else:
