@@ -33,6 +33,8 @@ user package does). Shapes of the pieces:
 * `mc_returns`: the method reads `batch["mc_returns"]`, each transition's discounted
   Monte-Carlo return-to-go (discount `agent.discount`; `o2o_jax/mc_returns.py`): offline
   from the dataset, online written when its episode ends (-inf until then).
+* `initial_priorities(agent, offline_data)` -> [M]: optional, the offline items'
+  starting priorities in the `prioritized` replay (default 1; BAQ's BC divergence).
 * `online_start(agent, eval_returns [])` -> agent: optional, once at the start of a fresh
   online phase with the first evaluation's mean return (AdaptiveBC's R-bar);
   `episode_end(agent, return [], length [], ended [] bool)` -> agent: optional, after every
@@ -85,6 +87,7 @@ class Algorithm:
     post_offline: Optional[PostOffline] = None
     from_data: Optional[Callable] = None
     mc_returns: bool = False
+    initial_priorities: Optional[Callable] = None
     online_start: Optional[Callable] = None
     episode_end: Optional[Callable] = None
     config_section: Optional[Tuple[str, Callable]] = None

@@ -218,6 +218,16 @@ def members_expect(cfg, obs_dim: int, act_dim: int) -> dict:
     if meta.get("num_seeds") == 1:
         expect["num_seeds"] = 1
     check_meta(path, meta, expect)
+    from o2o_jax import algorithm
+    post = algorithm.get(cfg.algo).post_offline
+    if post is not None and meta.get("algo") != cfg.algo:
+        written = (f"algo {meta['algo']!r}" if meta.get("algo") else
+                   "an import or an older version")
+        raise CheckpointError(
+            f"members {path!r} were written by {written}, not by algo {cfg.algo!r}: they "
+            f"have not been through its '{post.label}' phase, which runs only after "
+            f"pretraining. Pretrain with --config.algo={cfg.algo} and load that run's "
+            "offline_members/, or drop --config.online.load_offline_from")
     return expect
 
 

@@ -52,14 +52,15 @@ class PendingEpisodes:
                                       returns_to_go(self.rewards[s], self.discount)))
                 self.slots[s], self.rewards[s] = [], []
 
-    def take_writes(self, pad_slot: int):
+    def take_writes(self, pad_slot: int, bucket: int = 1):
         """(slots [S, P] int32, values [S, P] float32) of every finished episode since the
-        last call, padded with `pad_slot` (out of range: the write drops it); None if none
-        finished."""
+        last call, padded with `pad_slot` (out of range: the write drops it) to a width P
+        that is a multiple of `bucket` (few distinct shapes: few compilations); None if
+        none finished."""
         counts = [sum(len(sl) for sl, _ in r) for r in self.ready]
         if max(counts) == 0:
             return None
-        width = max(counts)
+        width = -(-max(counts) // bucket) * bucket
         slots = np.full((len(self.ready), width), pad_slot, np.int32)
         values = np.zeros((len(self.ready), width), np.float32)
         for s, r in enumerate(self.ready):

@@ -113,14 +113,17 @@ def make_train_epoch(num_steps: int, cfg: StepConfig, seed_axis: bool = False):
 
 
 def init_state(members: ActorCritic, offline_data, key: jax.Array, online_cfg,
-               obs_dim: int, act_dim: int, agent=None) -> OnlineState:
+               obs_dim: int, act_dim: int, agent=None,
+               initial_priorities=None) -> OnlineState:
     """The online state at the start of fine-tuning (spec sections 3-4).
 
     `agent`: the online agent if already built (e.g. by `Algorithm.to_online`); by
     default the members become one ensemble agent (the method's reference hand-over).
     The replay state (and, for balanced replay, the density-ratio net from `key`) come
     from the replay mode's `init`; with `online.seed_fraction` > 0 the online buffer then
-    receives `seed_count` random offline transitions (drawn with fold_in(key, 1)).
+    receives `seed_count` random offline transitions (drawn with fold_in(key, 1)); with
+    replay `prioritized` and `initial_priorities(agent, offline_data)` (the method's), the
+    offline items start at those priorities.
     """
     oc = online_cfg
     if agent is None:
@@ -129,6 +132,9 @@ def init_state(members: ActorCritic, offline_data, key: jax.Array, online_cfg,
     example = {k: v[0] for k, v in offline_data.items()}
     mode = make_replay(oc.replay)
     replay, dr_state = mode.init(num_offline, example, key, oc, obs_dim, act_dim)
+    if initial_priorities is not None and oc.replay == "prioritized":
+        prio = initial_priorities(agent, offline_data)          # [M], the method's own
+        replay = buffers.set_priorities(replay, jnp.arange(num_offline), prio)
     seeds = seed_count(num_offline, oc)
     if seeds:   # the online buffer starts with a random share of the offline data
         idx = jax.random.randint(jax.random.fold_in(key, 1), (seeds,), 0, num_offline)

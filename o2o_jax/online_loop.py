@@ -38,7 +38,8 @@ def init_online(ctx: Context, members, key):
 
     def one(m, k, data):
         return online.init_state(m, data, k, cfg.online, ctx.obs_dim, ctx.act_dim,
-                                 agent=algo.to_online(m, cfg))
+                                 agent=algo.to_online(m, cfg),
+                                 initial_priorities=algo.initial_priorities)
 
     # The data go in as an argument (a closed-over array would be baked into the program).
     return jax.jit(jax.vmap(one, in_axes=(0, 0, None)))(members, key, ctx.data)
@@ -147,7 +148,8 @@ def finetune(ctx: Context, state, key, start_epoch: int = 0, resume_meta=None,
         if pending is not None:
             new[mc_returns.KEY] = jnp.full(new["rewards"].shape, mc_returns.UNKNOWN)
         state = state.replace(replay=_add_online(oc.replay)(state.replay, new))
-        writes = pending.take_writes(pad_slot=2 ** 30) if pending is not None else None
+        writes = (pending.take_writes(pad_slot=2 ** 30, bucket=oc.env_steps_per_epoch)
+                  if pending is not None else None)
         if writes is not None:
             state = state.replace(replay=_write_mc_returns()(
                 state.replay, jnp.asarray(writes[0]), jnp.asarray(writes[1])))

@@ -63,6 +63,25 @@ def test_td_weights_match_numpy(setup):
     np.testing.assert_allclose(w, np.exp(-0.5 * np.sum((mu - mu_bc) ** 2, -1)), rtol=1e-5)
 
 
+def test_own_step_counter_and_offline_priorities(setup):
+    _, state = setup
+    b = random_batch(7, B, OBS, ACT)
+    new, _ = jax.jit(baq.online_update)(state, b, jax.random.PRNGKey(8))
+    assert int(new.step) == int(state.step) + 1 == 1
+    data = random_batch(9, 50, OBS, ACT)
+    got = baq.offline_priorities(state, data, chunk=16)         # 50 = 3 x 16 + 2 padded
+    mu_bc = np.tanh(ref.actor(state.bc.params, data["observations"])[0])
+    np.testing.assert_allclose(got, np.sum((_np(data["actions"]) - mu_bc) ** 2, -1) + 1e-3,
+                               rtol=1e-5)
+    # The replay's offline leaves start there.
+    cfg, _ = setup
+    oc = cfg.online.copy_and_resolve_references()
+    s = online.init_state(None, data, jax.random.PRNGKey(1), oc, OBS, ACT, agent=state,
+                          initial_priorities=baq.offline_priorities)
+    leaves = np.asarray(s.replay.tree.nodes)[s.replay.tree.num_leaves_pow2:][:50]
+    np.testing.assert_allclose(leaves, got, rtol=1e-6)
+
+
 def test_prioritized_replay_writes_the_methods_priorities(setup):
     cfg, state = setup
     data = random_batch(4, 60, OBS, ACT)

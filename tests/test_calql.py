@@ -121,6 +121,10 @@ def test_online_returns_to_go_by_hand():
     np.testing.assert_allclose([got[13], got[14], got[15]],
                                [40 + 0.9 * 50 + 0.81 * 60, 50 + 0.9 * 60, 60.0], rtol=1e-6)
     assert all(k == 999 for k in slots[0])
+    # Widths come in steps of `bucket` (few shapes, few compilations).
+    r = mc_returns.PendingEpisodes(2, g)
+    r.add(20, np.array([1.0, 1.0]), np.array([True, True]))
+    assert r.take_writes(999, bucket=4)[0].shape == (2, 4)
 
 
 def test_writes_land_in_the_online_store_and_padding_is_dropped():

@@ -43,6 +43,7 @@ def fake_shipped(tmp_path, monkeypatch):
     behavior.save_policy(shipped / "hopper" / "medium", agent, cfg, {
         "role": "medium", "env": "hopper", "obs_dim": 11, "act_dim": 3, "seed": 0,
         "env_steps": 200_000, "eval_return_stochastic": 1234.5,
+        "target_return": envs.env_info("hopper").expert_score / 3.0,
         "eval_return_deterministic": 1300.0, "eval_episodes": 5,
         "command": recipes.build_command("hopper", "medium"), "library_versions": {}})
     return shipped
@@ -66,6 +67,11 @@ def test_dataset_from_the_shipped_policy_without_sac(fake_shipped, monkeypatch):
     # Not for another budget: a seed other than 0, another network, a custom target.
     for other in (dict(seed=1), dict(hidden_dims=(64, 64)), dict(target_return=10.0)):
         assert recipes.uses_shipped("hopper", "medium", recipes.make_budget(**other)) is None
+    # Nor a shipped policy made for another medium target.
+    meta = fake_shipped / "hopper" / "medium.json"
+    info = json.loads(meta.read_text())
+    meta.write_text(json.dumps({**info, "target_return": 500.0}))
+    assert recipes.uses_shipped("hopper", "medium", b) is None
 
 
 def test_retrain_trains_sac_even_with_a_shipped_policy(fake_shipped, monkeypatch):

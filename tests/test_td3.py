@@ -29,6 +29,11 @@ def np_mu(state, params, obs):
     return np.tanh(ref.mlp(layers, x))
 
 
+def _same_tree(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(a),
+                                                     jax.tree_util.tree_leaves(b)))
+
+
 def np_q(state, params, obs, act):
     return ref.critic(params, (_np(obs) - _np(state.obs_mean)) / _np(state.obs_std), act)
 
@@ -74,6 +79,11 @@ def test_actor_and_targets_move_every_second_step(agent):
         new, info = step(s, batch, jax.random.PRNGKey(t))
         moved = t % 2 == 0
         assert float(info["actor_updated"]) == float(moved)
+        # Every step logs the actor loss at the parameters it started from (no zeros).
+        want_loss = td3.actor_loss(s.actor.params, s, new.critic.params, random_batch(
+            4, B, OBS, ACT))[0]
+        np.testing.assert_allclose(float(info["actor_loss"]), float(want_loss), rtol=1e-5)
+        assert float(info["bc_alpha"]) == pytest.approx(float(s.bc_alpha))
         assert same(new.actor.params, s.actor.params) != moved
         assert same(new.target_actor_params, s.target_actor_params) != moved
         assert same(new.target_critic_params, s.target_critic_params) != moved
@@ -165,8 +175,12 @@ def test_online_alpha_decays_exponentially_to_its_end_value(agent):
     cfg.online.update(epochs=3, first_epoch_multiplier=2, updates_per_epoch=5)
     n = prft.online_updates(cfg)
     assert n == (3 - 1 + 2) * 5
-    s = prft._to_online(prft._refine(agent, None, cfg), cfg)
+    refined = prft._refine(agent, None, cfg)
+    refined = refined.replace(actor=refined.actor.replace(params=jax.tree_util.tree_map(
+        lambda x: x + 1.0, refined.actor.params)))            # refinement moved the actor
+    s = prft._to_online(refined, cfg)
     assert s.bc_alpha_decay == pytest.approx(0.5 ** (1 / n))
+    assert _same_tree(s.target_actor_params, s.actor.params)   # the target follows it
     batch = random_batch(8, B, OBS, ACT)
     step = jax.jit(td3.update)
     alphas = []
@@ -176,3 +190,21 @@ def test_online_alpha_decays_exponentially_to_its_end_value(agent):
     # alpha_t = alpha_start (alpha_end / alpha_start)^(t / N): 0.08 -> 0.04 after N updates.
     np.testing.assert_allclose(alphas, 0.08 * 0.5 ** (np.arange(1, n + 1) / n), rtol=1e-5)
     assert prft.decay_factor(0.5, 0) == 1.0
+
+
+def test_post_offline_methods_refuse_members_of_another_algo(minari_root, tmp_path):
+    """PR-FT's refinement runs only after pretraining: TD3+BC members (same pytree) are
+    refused with the fix named, not fine-tuned unrefined."""
+    from o2o_jax import checkpoints, pipeline
+    from tests.helpers import tiny_config
+    c = tiny_config(tmp_path, "td3bc")
+    algorithm.get("td3_bc").apply_preset(c)
+    c.td3.hidden_dims = (8, 8)
+    c.online.epochs = 0
+    pipeline.run(c)
+    c2 = tiny_config(tmp_path, "prft")
+    algorithm.get("prft").apply_preset(c2)
+    c2.td3.hidden_dims = (8, 8)
+    c2.online.load_offline_from = str(tmp_path / "td3bc" / "offline_members")
+    with pytest.raises(checkpoints.CheckpointError, match="policy refinement"):
+        pipeline.run(c2)

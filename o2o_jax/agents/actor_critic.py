@@ -175,7 +175,8 @@ def conservative_q(agent: ActorCritic, q: jax.Array) -> jax.Array:
 
 
 def member_twin_min(agent: ActorCritic, q: jax.Array) -> jax.Array:
-    """Min over twin critics only: [*batch] (single) or [N, *batch] (ensemble)."""
+    """Min over the agent's critics only (the twins; all `num_qs` of a CQL-N agent):
+    [*batch] (single) or [N, *batch] (ensemble)."""
     return jnp.min(q, axis=0 if agent.members == 0 else 1)
 
 

@@ -13,7 +13,8 @@ Qhat the critics' mean (objective "normalized_bc", q_hat "mean"), then Polyak.
 * Online: alpha starts at 0.4 (also its cap); the online buffer starts with
   max(5% of the dataset, 50k) random offline transitions (`online.seed_fraction`,
   `online.seed_min`) and is the only replay (`online_only`), its capacity the online
-  budget, so the seed data age out last; UTD G = 10: one call takes a G x B batch and
+  budget, so the seed data (the oldest items) are overwritten first, once it is full late
+  in the run, as in the code; UTD G = 10: one call takes a G x B batch and
   scans G updates over its minibatches; exploration noise 0.1.
 * The controller, after every episode (R in units of R_max T: the per-step maximum
   reward x the episode limit, the code's `--use_r_max` form; the spec's default, since the

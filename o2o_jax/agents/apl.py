@@ -18,8 +18,9 @@ marked "ours" are config fields).
   the penalty of a batch is multiplied by mean_b W_b (exact, since W is constant within
   a batch). Offline: N CQL members, as Off2OnRL.
 * GCTD3BC (`apl_td3bc`): the TD3+BC of `agents/td3.py` (offline as TD3+BC), whose online
-  actor's BC term is multiplied by mean_b W (`TD3.gate_bc`): the greedy TD3 actor on
-  online-buffer batches, TD3+BC on offline-buffer ones.
+  actor's BC term is multiplied by mean_b W (`TD3.gate_bc`): on online-buffer batches
+  the actor loss is -lambda mean Q1 alone (lambda = alpha / mean|Q1|, TD3's direction at
+  another scale), on offline-buffer ones TD3+BC's.
 """
 import functools
 

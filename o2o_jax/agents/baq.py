@@ -13,10 +13,11 @@ unknown, so ours are config fields and nothing here reproduces a published numbe
   - the actor loss L_SAC + lambda_t u(s) ||mu_pi(s) - mu_BC(s)||^2, mu the tanh of the
     pre-tanh means, u(s) the std over the critics (members x twins) of Q(s, mu_pi(s))
     divided by its batch mean, lambda_t = lambda_0 max(0, 1 - t / T_relax), t the online
-    critic step (T_relax 0: the online budget);
+    update count (its own counter; T_relax 0: the online budget);
   - the critic's squared TD errors weighted by w = exp(-k ||mu_pi(s) - mu_BC(s)||^2);
-  - prioritized replay by BC divergence (`online.replay = "prioritized"`): each drawn
-    item's priority becomes ||a - mu_BC(s)||^2 + eps.
+  - prioritized replay by BC divergence (`online.replay = "prioritized"`): the offline
+    items start at ||a - mu_BC(s)||^2 + eps (`offline_priorities`), new online items at
+    the running maximum, and each drawn item's priority becomes that divergence.
 """
 import functools
 
@@ -45,6 +46,7 @@ def default_config() -> ml_collections.ConfigDict:
 class BAQ(struct.PyTreeNode):
     cql: cql.CQL                 # offline: a CQL member; online: its ensemble agent inside
     bc: TrainState               # pi_BC
+    step: jax.Array              # online updates so far (lambda_t's t)
     lambda0: float = struct.field(pytree_node=False, default=1.0)
     k: float = struct.field(pytree_node=False, default=1.0)
     t_relax: float = struct.field(pytree_node=False, default=1.0)
@@ -62,6 +64,7 @@ def create(key, obs_dim, act_dim, cfg) -> BAQ:
     return BAQ(cql=cql.create(k_cql, obs_dim, act_dim, a),
                bc=TrainState.create(apply_fn=bc_def.apply, params=params,
                                     tx=optim.adam(b.bc_lr)),
+               step=jnp.zeros((), jnp.int32),
                lambda0=float(b.lambda0), k=float(b.k), priority_eps=float(b.priority_eps))
 
 
@@ -106,7 +109,7 @@ def gated_bc(state: BAQ, agent, batch, mean, log_std):
     spread = jnp.std(q.reshape((-1,) + q.shape[-1:]), axis=0)                 # [B]
     u = jax.lax.stop_gradient(spread / (jnp.mean(spread) + 1e-8))
     dev = jnp.sum((mu - bc_mode(state, obs)) ** 2, axis=-1)
-    lam = relax(state, agent.critic.step)
+    lam = relax(state, state.step)
     loss = lam * jnp.mean(u * dev)
     return loss, {"baq_bc_term": loss, "baq_lambda": lam, "baq_deviation": jnp.mean(dev)}
 
@@ -127,7 +130,21 @@ def online_update(state: BAQ, batch, key):
                               actor_extra=functools.partial(gated_bc, state))
     dev = jnp.sum((batch["actions"] - bc_mode(state, batch["observations"])) ** 2, axis=-1)
     info["priorities"] = dev + state.priority_eps
-    return state.replace(cql=state.cql.replace(ac=new_ac)), info
+    return state.replace(cql=state.cql.replace(ac=new_ac), step=state.step + 1), info
+
+
+def offline_priorities(state: BAQ, offline_data, chunk: int = 8192):
+    """||a - mu_BC(s)||^2 + eps of every offline item [M], in chunks (the 'prioritized'
+    replay's starting priorities of the offline data)."""
+    obs, act = offline_data["observations"], offline_data["actions"]
+    m = obs.shape[0]
+    pad = -m % chunk
+    obs = jnp.concatenate([obs, jnp.zeros((pad,) + obs.shape[1:], obs.dtype)])
+    act = jnp.concatenate([act, jnp.zeros((pad,) + act.shape[1:], act.dtype)])
+    dev = jax.lax.map(lambda xs: jnp.sum((xs[1] - bc_mode(state, xs[0])) ** 2, -1),
+                      (obs.reshape((-1, chunk) + obs.shape[1:]),
+                       act.reshape((-1, chunk) + act.shape[1:])))
+    return dev.reshape(-1)[:m] + state.priority_eps
 
 
 def to_online(members: BAQ, cfg) -> BAQ:
@@ -135,7 +152,8 @@ def to_online(members: BAQ, cfg) -> BAQ:
     first = stacking.member(members, 0)
     t_relax = cfg.baq.t_relax or online.total_updates(cfg.online)
     return first.replace(cql=first.cql.replace(ac=cql.to_ensemble_agent(members.cql, cfg)),
-                         bc=first.bc, t_relax=float(max(t_relax, 1)))
+                         bc=first.bc, step=jnp.zeros((), jnp.int32),
+                         t_relax=float(max(t_relax, 1)))
 
 
 def _act(state: BAQ, observations, key):
@@ -175,6 +193,7 @@ def _register():
         to_online=to_online, online_update=lambda cfg: online_update, act=_act,
         act_eval=_act_eval, q_value=_q,
         members_act_eval=lambda m, obs: cql.members_act_eval(m.cql, obs),
+        initial_priorities=offline_priorities,
         config_section=("baq", default_config),
         preset={"agent.num_members": 1, "online.replay": "prioritized"}, check=_check))
 

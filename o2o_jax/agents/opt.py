@@ -20,6 +20,11 @@ constants are ours (config fields):
        kappa Q1^on(s, mu(s)) + (1 - kappa) Q1^off(s, mu(s))
    (the TD3+BC loss with that mixture as its Q), kappa rising linearly from 0 to 1 over
    the first `opt.kappa_fraction` (ours 0.25) of the fine-tuning updates.
+
+Logged statistics of the phase not running read 0 (e.g. `critic_loss` of Q^off during
+pre-training). Cost: the phase switch is a `lax.cond` on the members' (and seeds') step
+counters, which vmap turns into a select, so both phases are computed on every step
+(about the meta step plus a TD3 step); the result is that of the active phase.
 """
 import jax
 import jax.numpy as jnp
@@ -226,6 +231,8 @@ def _check(cfg):
                "the online half of each batch)")
     cc.require(cfg, "online.offline_ratio", cfg.online.offline_ratio == 0.5,
                "must be 0.5 for algo 'opt' (halves of each batch)")
+    cc.require(cfg, "online.batch_size", cfg.online.batch_size % 2 == 0,
+               "must be even for algo 'opt' (an offline and an online half)")
     td3.check_config(cfg)
 
 

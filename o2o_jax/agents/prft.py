@@ -8,7 +8,8 @@ maxdoesch/td3_bc; the authors' code was not found). On the TD3 pieces of `agents
    alone, the critics frozen, with L = -mean Q1(s, mu(s)) / mean|Q1(s, mu(s))| +
    alpha' mean (mu(s) - a)^2 (objective "normalized_bc"), alpha' = `prft.alpha_pr`
    (the re-implementation's 0.4 / 5).
-3. Online: the TD3 step with the same normalised objective, alpha decayed every update:
+3. Online (the target actor reset to the refined actor): the TD3 step with the same
+   normalised objective, alpha decayed every update:
    alpha <- kappa alpha, kappa = exp(log(alpha_end / alpha_start) / N), so that
    alpha_t = alpha_start (alpha_end / alpha_start)^(t / N); alpha_start = alpha',
    alpha_end = `prft.alpha_end_ratio` alpha_start (ours: 1/2), N = the run's online
@@ -54,8 +55,14 @@ def _refine(members: td3.TD3, key, cfg) -> td3.TD3:
 
 
 def _to_online(members: td3.TD3, cfg) -> td3.TD3:
-    return members.replace(objective="normalized_bc", bc_alpha_decay=decay_factor(
-        float(cfg.prft.alpha_end_ratio), online_updates(cfg)))
+    """The refined members, their target actors reset to the refined actors (refinement
+    moved the actor only; the re-implementation copies actor_target = actor between
+    stages), the normalised objective and alpha's decay."""
+    import jax
+    return members.replace(
+        objective="normalized_bc",
+        target_actor_params=jax.tree_util.tree_map(jnp.copy, members.actor.params),
+        bc_alpha_decay=decay_factor(float(cfg.prft.alpha_end_ratio), online_updates(cfg)))
 
 
 def _check(cfg):

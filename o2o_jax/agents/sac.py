@@ -29,7 +29,8 @@ PenaltyFn = Callable
 
 def next_q_values(agent: ActorCritic, batch, key: jax.Array):
     """(target Q-values of every critic at (s', a'), log pi(a'|s')), a' ~ pi(.|s') drawn
-    with `key` (ensemble: from pi_E, shared by the members): [2, B] / [N, 2, B] and [B]."""
+    with `key` (ensemble: from pi_E, shared by the members): [num_qs, B] / [N, num_qs, B]
+    and [B]."""
     mean, log_std = ac.policy(agent, agent.actor.params, batch["next_observations"])
     next_actions, next_log_probs = dist.sample(key, mean, log_std)
     q = ac.q_values(agent, agent.target_critic_params, batch["next_observations"],

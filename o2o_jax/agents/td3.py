@@ -193,8 +193,7 @@ def actor_loss(actor_params, state: TD3, critic_params, batch):
     else:
         lam = scale
         loss = -scale * jnp.mean(q1) + state.bc_alpha * bc
-    return loss, {"actor_loss": loss, "q_pi": jnp.mean(q1), "bc_lambda": lam, "bc_mse": bc,
-                  "bc_alpha": state.bc_alpha}
+    return loss, {"actor_loss": loss, "q_pi": jnp.mean(q1), "bc_lambda": lam, "bc_mse": bc}
 
 
 def _actor_and_targets(state: TD3, batch):
@@ -216,11 +215,12 @@ def update(state: TD3, batch, key: jax.Array):
         state.critic.params, state, batch, key)
     state = state.replace(critic=state.critic.apply_gradients(grads=grads))
     do_actor = state.critic.step % state.policy_delay == 0
-    skipped_info = jax.eval_shape(lambda s: _actor_and_targets(s, batch)[1], state)
+    # A skipped step reports the actor loss at the current parameters (no step), so that
+    # the logged means are those of the actor loss, not halved by zeros.
     state, a_info = jax.lax.cond(
         do_actor, lambda s: _actor_and_targets(s, batch),
-        lambda s: (s, jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype),
-                                             skipped_info)), state)
+        lambda s: (s, actor_loss(s.actor.params, s, s.critic.params, batch)[1]), state)
+    a_info["bc_alpha"] = state.bc_alpha        # the weight this step used
     state = state.replace(bc_alpha=state.bc_alpha * state.bc_alpha_decay)
     return state, {**c_info, **a_info, "actor_updated": do_actor.astype(jnp.float32)}
 

@@ -115,8 +115,8 @@ def shipped_info(path: pathlib.Path) -> Dict[str, Any]:
 def uses_shipped(env_name: str, role: str, b: "Budget") -> Optional[pathlib.Path]:
     """The shipped policy a build of `role` rolls out instead of training SAC, or None:
     when there is one, no policy of this seed was saved before, `--retrain` is off, and
-    the budget asks for what it is (seed 0, its network; medium: the default target;
-    expert: its number of SAC steps)."""
+    the budget asks for what it is (seed 0, its network; medium: the default target, and
+    the shipped policy was made for it; expert: its number of SAC steps)."""
     path = shipped_policy(env_name, role)
     if (path is None or b.retrain or b.seed != 0
             or (policy_dir(env_name, b.seed) / f"{role}.json").exists()):
@@ -124,7 +124,8 @@ def uses_shipped(env_name: str, role: str, b: "Budget") -> Optional[pathlib.Path
     info = shipped_info(path)
     if tuple(info["agent_config"]["hidden_dims"]) != tuple(b.hidden_dims):
         return None
-    if role == "medium" and b.target_return is not None:
+    if role == "medium" and (b.target_return is not None or not np.isclose(
+            float(info.get("target_return", np.nan)), b.target(env_name))):
         return None
     if role == "expert" and int(info["env_steps"]) != int(b.train_steps):
         return None

@@ -20,9 +20,10 @@
   online buffer, 1 from the offline one. Nothing is moved: both are index ranges of the
   same stores.
 
-The uniform modes (all but `balanced`) build neither the sum tree nor the density-ratio
-network: their state is the online ring buffer alone (`UniformReplayState`) and their `dr`
-is None.
+The uniform modes (all but `balanced` and `prioritized`) build neither the sum tree nor
+the density-ratio network: their state is the online ring buffer alone
+(`UniformReplayState`); `prioritized` builds the sum tree but no density-ratio net. For
+all but `balanced`, `dr` is None.
 
     replay = make_replay("balanced", dr_batch_size=256, priority_temperature=5.0,
                          fifo_window=250_000)
@@ -71,7 +72,8 @@ class Replay(NamedTuple):
 
 def online_capacity(online_cfg) -> int:
     """Every online transition of the run is kept: epochs x env steps per epoch (offline
-    seed data, `online.seed_fraction`, come first and are overwritten last)."""
+    seed data, `online.seed_fraction`, are the oldest items: once the buffer is full,
+    late in the run, they are the first overwritten)."""
     return int(online_cfg.epochs * online_cfg.env_steps_per_epoch)
 
 
