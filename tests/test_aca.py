@@ -83,7 +83,8 @@ def test_offline_actor_loss_is_sac_plus_likelihood(setup):
     loss, _ = aca.actor_loss(m.ac.actor.params, m.ac, b, key, 2.5)
     params = one(members.ac.actor.params)
     mean, log_std = ref.actor(params, b["observations"])
-    a, log_pb = ref.tanh_gaussian_sample(mean, log_std, _np(jax.random.normal(key, mean.shape)))
+    noise = _np(jax.random.normal(key, mean.shape))
+    a, log_pb = ref.tanh_gaussian_sample(mean, log_std, noise)
     q = ref.critic(one(members.ac.critic.params), b["observations"], a).min(0)
     lam = 2.5 / np.mean(np.abs(q))
     want = np.mean(lam * (np.exp(-1.5) * log_pb - q)) - np.mean(

@@ -77,7 +77,8 @@ def test_subset_target_takes_the_min_over_a_random_subset(agent):
     y = td3.td_targets(one, batch, key)
     k_noise, k_sub = jax.random.split(key)
     idx = np.asarray(jax.random.choice(k_sub, 4, (2,), replace=False))
-    eps = np.clip(0.2 * np.asarray(jax.random.normal(k_noise, (B, ACT)), np.float64), -0.5, 0.5)
+    eps = np.clip(0.2 * np.asarray(jax.random.normal(k_noise, (B, ACT)), np.float64),
+                  -0.5, 0.5)
     a = np.clip(np_mu(one, one.target_actor_params, batch["next_observations"]) + eps, -1, 1)
     q = _np_critics(one, batch, a)
     want = (np.asarray(batch["rewards"]) + 0.99 * (1 - np.asarray(batch["dones"]))

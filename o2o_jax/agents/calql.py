@@ -17,9 +17,9 @@ Per critic j, CQL(H) (`agents/cql.py`) with two changes:
 The actor and alpha are SAC's with target entropy -|A|, as in CQL.
 
 Online (the code): the same update with the penalty kept at `online.cql_weight` (preset
-5, the offline weight), the same agent continued (its alpha value and the actor's and critics' Adam states kept:
-preset `online.reset_temperature` and `online.fresh_optimizers` False; alpha's own
-optimizer starts fresh; policy lr 1e-4, Q lr
+5, the offline weight), the same agent continued (its alpha value and the actor's and
+critics' Adam states kept: preset `online.reset_temperature` and `online.fresh_optimizers`
+False; alpha's own optimizer starts fresh; policy lr 1e-4, Q lr
 3e-4), every batch half offline, half online (`online.replay = "mixed"`, the scripts'
 `mixing_ratio` 0.5).
 
