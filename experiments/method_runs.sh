@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The experiments of the method-family issues (15: IQL family, 16: TD3 family, 17:
+# Q-ensembles), CPU-scale. Heavy (hours each on a 2-core CPU): run one at a time in the
+# background; every run is checkpointed, and running the script again skips finished runs
+# and resumes unfinished ones. The first use of a dataset builds it (hopper-medium: SAC to
+# the medium point first, ~40 min, unless the package ships the policy).
+#
+#   OUT=runs/methods bash experiments/method_runs.sh [iql|td3bc|compare-iql|compare-td3|
+#                                                     compare-ensembles]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/methods}
+WHAT=${1:?say which: iql, td3bc, compare-iql, compare-td3 or compare-ensembles}
+mkdir -p "$OUT"
+
+train() {   # train <config> <run name> <overrides...>
+  local config=$1 name=$2; shift 2
+  [ -f "$OUT/$name/summary.json" ] && { echo "done: $OUT/$name"; return; }
+  python -m experiments.train --config="$config" --config.run_dir="$OUT" \
+      --config.run_name="$name" "$@"
+}
+
+case "$WHAT" in
+  iql)   # IQL offline at the paper's budget (1M), then 100k online steps (issue 15)
+    for env in hopper walker2d; do
+      train "configs/${env}_medium.py:iql" "iql_${env}_medium_1M" \
+          --config.offline.steps=1000000 --config.online.epochs=100
+    done ;;
+  td3bc) # TD3+BC offline at the paper's budget, then PR-FT and AdaptiveBC (issue 16)
+    for env in hopper halfcheetah; do
+      train "configs/${env}_medium.py:td3_bc" "td3bc_${env}_medium_1M" \
+          --config.offline.steps=1000000 --config.online.epochs=100
+      train "configs/${env}_medium.py:prft" "prft_${env}_medium_1M" \
+          --config.offline.steps=1000000 --config.online.epochs=100
+      train "configs/${env}_medium.py:adaptive_bc" "adaptive_bc_${env}_medium_1M" \
+          --config.offline.steps=1000000 --config.online.epochs=100
+    done ;;
+  compare-iql)        # the comparison table of issue 15 at the quick budget
+    python -m experiments.compare --config=configs/hopper_medium.py:quick --seeds=3 \
+        --methods=off2on,cql_ft,sac_ft,iql,calql,pex,famo2o --out="$OUT/compare_iql" ;;
+  compare-td3)        # issue 16
+    python -m experiments.compare --config=configs/hopper_medium.py:quick --seeds=3 \
+        --methods=off2on,td3,td3_bc,redq,adaptive_bc,prft,opt --out="$OUT/compare_td3" ;;
+  compare-ensembles)  # issue 17
+    python -m experiments.compare --config=configs/hopper_medium.py:quick --seeds=3 \
+        --methods=off2on,upq,e2o,apl,apl_td3bc,aca,baq --out="$OUT/compare_ensembles" ;;
+  *) echo "unknown: $WHAT" >&2; exit 2 ;;
+esac
