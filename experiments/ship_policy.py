@@ -21,8 +21,6 @@ from absl import app, flags
 from o2o_jax import envs
 from o2o_jax.data import recipes
 
-_ENV = flags.DEFINE_enum("env", "hopper", sorted(envs.ENVS), "Environment.")
-_ROLE = flags.DEFINE_enum("role", "medium", ["medium", "expert"], "Which policy.")
 LIBRARIES = ("jax", "flax", "optax", "gymnasium", "mujoco", "minari", "numpy")
 
 
@@ -59,10 +57,14 @@ def ship(env_name: str, role: str, dest_dir=None):
 
 def main(argv):
     del argv
-    out = ship(_ENV.value, _ROLE.value)
+    out = ship(flags.FLAGS.env, flags.FLAGS.role)
     print(f"shipped {out} (and its .msgpack); commit both")
 
 
 if __name__ == "__main__":
+    # Defined here, not at import: `env` is also make_dataset's flag (one process may
+    # import both, as the tests do).
+    flags.DEFINE_enum("env", "hopper", sorted(envs.ENVS), "Environment.")
+    flags.DEFINE_enum("role", "medium", ["medium", "expert"], "Which policy.")
     from experiments import cli
     cli.run(main, "ship_policy")
