@@ -144,31 +144,41 @@ def xla_flops(fn, *args) -> float:
 
 def bench_methods(hidden, batch, steps, reps, peak):
     """Every registered method's offline update of one member: updates/s and % of the
-    matmul rate. Networks: `hidden` for every config section with `hidden_dims`; a method
-    with its own paper sizes (BCQ) keeps them. FLOPs from XLA's cost analysis."""
+    matmul rate. Each method with its preset; networks: `hidden` for every config section
+    with `hidden_dims` (a method with its own paper sizes, BCQ, keeps them). A method
+    whose one update call takes G minibatches (REDQ's UTD scan: its preset's batch is G x
+    `batch`) counts G updates per call. FLOPs from XLA's cost analysis."""
+    import copy
     from o2o_jax import algorithm
     data = fake_data()
-    cfg = base.get_config()
-    for section in cfg.values():       # every section with networks of `hidden_dims`
+    data["mc_returns"] = jnp.zeros_like(data["rewards"])   # for methods that read them
+    base_cfg = base.get_config()
+    for section in base_cfg.values():     # every section with networks of `hidden_dims`
         if hasattr(section, "keys") and "hidden_dims" in section:
             section.hidden_dims = tuple(hidden)
-    cfg.agent.num_members = 1
-    cfg.agent.backup_entropy = False
     rows = []
     for algo in algorithm.all_algorithms():
+        cfg = algo.apply_preset(copy.deepcopy(base_cfg))
+        cfg.agent.num_members = 1
+        per_call = max(1, cfg.online.batch_size // batch) if cfg.offline.steps == 0 else 1
+        b = batch * per_call
+        method_data = data if algo.mc_returns else {k: v for k, v in data.items()
+                                                    if k != "mc_returns"}
         update_fn = algo.offline_update(cfg)
         m0 = algo.create_members(jax.random.PRNGKey(0), OBS, ACT, cfg)
         one = jax.tree_util.tree_map(lambda x: x[0], m0)
-        f = xla_flops(update_fn, one, offline.sample_batch(data, jax.random.PRNGKey(2), batch),
-                      jax.random.PRNGKey(3))
-        chunk = offline.make_train_chunk(steps, batch, update_fn)
-        copy = lambda: (jax.tree_util.tree_map(jnp.copy, m0), data,   # noqa: E731
-                        jax.random.PRNGKey(1))
-        compile_s, times = time_calls(chunk, copy, reps)
-        per_update = statistics.median(times) / steps
-        rows.append((algo.name, 1.0 / per_update, compile_s, f / per_update, f))
+        f = xla_flops(update_fn, one, offline.sample_batch(method_data, jax.random.PRNGKey(2),
+                                                           b), jax.random.PRNGKey(3))
+        chunk = offline.make_train_chunk(steps, b, update_fn)
+        copy_args = lambda: (jax.tree_util.tree_map(jnp.copy, m0), method_data,  # noqa: E731
+                             jax.random.PRNGKey(1))
+        compile_s, times = time_calls(chunk, copy_args, reps)
+        per_update = statistics.median(times) / (steps * per_call)
+        rows.append((algo.name, 1.0 / per_update, compile_s, f / per_call / per_update,
+                     f / per_call))
     print(f"\n## Each method's offline update, one member (batch {batch}, hidden {hidden}, "
-          f"{steps} updates per call, median of {reps}; FLOPs by XLA's cost analysis)")
+          f"{steps} calls per compiled chunk, median of {reps}; FLOPs by XLA's cost "
+          "analysis)")
     print("| algo | updates/s | compile s | GFLOP/update | GFLOP/s | % of matmul rate |")
     print("|---|---|---|---|---|---|")
     for name, ups, comp, rate, f in rows:
