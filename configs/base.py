@@ -69,6 +69,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.offline.eval_interval = 50_000
     c.offline.eval_episodes = 10
     c.offline.save_members = True   # orbax checkpoint of the N members after pretraining
+    # A members checkpoint (a run's offline_members/, or experiments.import_members'):
+    # pretraining starts from these members, optimiser states included, and evaluates them
+    # first (step 0), instead of from fresh ones; "": fresh. E.g. the continued-offline
+    # control beside fine-tuning the same members (experiments/drop_sweep.sh).
+    c.offline.init_from = ""
 
     c.online = ml_collections.ConfigDict()
     c.online.epochs = 250               # x env_steps_per_epoch = online env steps

@@ -208,11 +208,13 @@ def members_meta(cfg, obs_dim: int, act_dim: int) -> dict:
             "actor_layer_norm": a.actor_layer_norm, "critic_layer_norm": a.critic_layer_norm}
 
 
-def members_expect(cfg, obs_dim: int, act_dim: int) -> dict:
-    """What the members checkpoint at `online.load_offline_from` must say of itself; checks
-    it (CheckpointError naming the difference) and returns it. A checkpoint of one seed's
-    members (e.g. imported by experiments.import_members) is accepted for S seeds."""
-    path = cfg.online.load_offline_from
+def members_expect(cfg, obs_dim: int, act_dim: int,
+                   field: str = "online.load_offline_from") -> dict:
+    """What the members checkpoint at config `field` (`online.load_offline_from`, or
+    `offline.init_from`) must say of itself; checks it (CheckpointError naming the
+    difference) and returns it. A checkpoint of one seed's members (e.g. imported by
+    experiments.import_members) is accepted for S seeds."""
+    path = members_path(cfg, field)
     expect = members_meta(cfg, obs_dim, act_dim)
     meta = read_meta(path)
     if meta.get("num_seeds") == 1:
@@ -220,7 +222,9 @@ def members_expect(cfg, obs_dim: int, act_dim: int) -> dict:
     check_meta(path, meta, expect)
     from o2o_jax import algorithm
     post = algorithm.get(cfg.algo).post_offline
-    if post is not None and meta.get("algo") != cfg.algo:
+    # (Pretraining on from members, `offline.init_from`, runs the method's phase after it.)
+    if (post is not None and meta.get("algo") != cfg.algo
+            and field == "online.load_offline_from"):
         written = (f"algo {meta['algo']!r}" if meta.get("algo") else
                    "an import or an older version")
         raise CheckpointError(
@@ -231,13 +235,20 @@ def members_expect(cfg, obs_dim: int, act_dim: int) -> dict:
     return expect
 
 
-def load_members(cfg, template, obs_dim: int, act_dim: int):
-    """The members checkpoint at `online.load_offline_from`, shaped like `template` [S, N, ...].
+def members_path(cfg, field: str) -> str:
+    section, name = field.split(".")
+    return cfg[section][name]
 
-    One seed's members are given to every one of the S seeds: S online runs from the same
+
+def load_members(cfg, template, obs_dim: int, act_dim: int,
+                 field: str = "online.load_offline_from"):
+    """The members checkpoint at config `field` (`online.load_offline_from`: fine-tune them;
+    `offline.init_from`: pretrain on from them), shaped like `template` [S, N, ...].
+
+    One seed's members are given to every one of the S seeds: S runs from the same
     members."""
-    path = cfg.online.load_offline_from
-    expect = members_expect(cfg, obs_dim, act_dim)
+    path = members_path(cfg, field)
+    expect = members_expect(cfg, obs_dim, act_dim, field)
     if expect["num_seeds"] == 1 and cfg.num_seeds > 1:
         one = restore(path, jax.tree_util.tree_map(lambda x: x[:1], template),
                                   expect=expect)

@@ -95,6 +95,14 @@ def check(cfg):
     non_negative_int(cfg, "offline.steps")
     for f in ("batch_size", "chunk", "eval_interval", "eval_episodes"):
         positive_int(cfg, f"offline.{f}")
+    init_from = cfg.offline.get("init_from", "")
+    if init_from:
+        _check(cfg.offline.steps > 0, "offline.init_from", init_from,
+               "needs offline.steps > 0 (pretraining goes on from these members); to "
+               "fine-tune them as they are, use online.load_offline_from instead")
+        _check(not cfg.get("online", {}).get("load_offline_from", ""), "offline.init_from",
+               init_from, "cannot be combined with online.load_offline_from, which skips "
+               "pretraining: keep one of the two")
     if "online" in cfg:
         check_online(cfg)
     algo = algorithm.get(cfg.algo)

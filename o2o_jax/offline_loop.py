@@ -29,6 +29,15 @@ def pretrain(ctx: Context, members, key, start_step: int = 0):
     progress = Progress("offline " + cfg.algo, oc.steps, "steps", every_s=5.0, initial=start_step)
     step, last_eval = start_step, None
     ckpt_every = cfg.checkpoint.every_offline_steps or oc.steps
+    if start_step == 0 and oc.get("init_from", ""):
+        # Members from a checkpoint: their score before any update here (step 0).
+        last_eval = evaluate_offline(ctx, members).mean(axis=1)
+        check_finite(ctx, {"eval_return": last_eval}, "the evaluation of offline.init_from")
+        for row in per_seed_rows({"phase": "offline", "step": 0, "env_steps": 0}, {},
+                                 ctx.seeds, {"eval_return": last_eval,
+                                             "normalized_score": envs.normalized_score(
+                                                 cfg.env, last_eval)}):
+            ctx.run_dir.log(row)
     while step < oc.steps:
         next_eval = (step // oc.eval_interval + 1) * oc.eval_interval
         next_ckpt = (step // ckpt_every + 1) * ckpt_every

@@ -102,6 +102,8 @@ def run(cfg) -> dict:
         dataset = load_dataset_everywhere(cfg, obs_dim, act_dim)
         if cfg.online.load_offline_from:
             members_expect(cfg, obs_dim, act_dim)
+        if cfg.offline.get("init_from", ""):
+            members_expect(cfg, obs_dim, act_dim, "offline.init_from")
         path = distributed.broadcast_str(run_path(cfg))   # one clock names the directory
         existed = os.path.isdir(path)
         # The writer takes the directory's lock first: a second process is refused here.
@@ -172,6 +174,10 @@ def _run(cfg, run_dir: RunDir, ckpt: CheckpointManager, latest, dataset, obs_dim
             members, k_offline = sharder.seeds(restored["members"]), restored["key"]
             start = latest["step"]
             run_dir.truncate(latest["csv_rows"])   # only once restore succeeded
+        elif cfg.offline.get("init_from", ""):
+            members = sharder.seeds(load_members(cfg, members, obs_dim, act_dim,
+                                                 "offline.init_from"))
+            print(f"pretraining goes on from the members of {cfg.offline.init_from}")
         members, offline_return = pretrain(ctx, members, k_offline, start)
         post = algorithm.get(cfg.algo).post_offline
         if post is not None:

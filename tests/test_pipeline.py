@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from o2o_jax import checkpoints, pipeline
+from o2o_jax import checkpoints, config_checks, pipeline
 
 from tests.helpers import ROOT, numeric_rows, read_rows, tiny_config  # noqa: E402
 
@@ -112,6 +112,30 @@ def test_finetune_only_from_saved_members_repeats_the_online_phase(reference_run
         "agent.hidden_dims": (4, 4)})
     with pytest.raises(checkpoints.CheckpointError, match="hidden_dims"):
         pipeline.run(bad)
+
+
+def test_pretraining_goes_on_from_saved_members(reference_run, tmp_path):
+    """offline.init_from: pretraining starts from a members checkpoint. Its step-0 row scores
+    the loaded members on the offline evaluation's own episodes, so it repeats the source
+    run's last offline evaluation exactly (fresh members would score otherwise)."""
+    ref, ref_dir = reference_run
+    members = os.path.join(ref_dir, "offline_members")
+    cfg = tiny_config(tmp_path, "more", **{"offline.init_from": members, "offline.steps": 20,
+                                           "online.epochs": 0})
+    summary = pipeline.run(cfg)
+    rows = [r for r in read_rows(os.path.join(tmp_path, "more")) if r["eval_return"]]
+    assert [int(float(r["step"])) for r in rows] == [0, 20]
+    ref_offline = [r for r in read_rows(ref_dir) if r["phase"] == "offline" and r["eval_return"]]
+    assert float(rows[0]["eval_return"]) == float(ref_offline[-1]["eval_return"])
+    assert summary["offline"]["per_seed_return"] == [float(rows[1]["eval_return"])]
+    # The two ways of starting from members exclude each other; init_from needs steps.
+    both = tiny_config(tmp_path, "both", **{"offline.init_from": members,
+                                            "online.load_offline_from": members})
+    with pytest.raises(config_checks.ConfigError, match="load_offline_from"):
+        pipeline.run(both)
+    none = tiny_config(tmp_path, "none", **{"offline.init_from": members, "offline.steps": 0})
+    with pytest.raises(config_checks.ConfigError, match="offline.steps > 0"):
+        pipeline.run(none)
 
 
 @pytest.mark.parametrize("stop_after", [1, 2])   # 1: offline phase; 2: online phase
