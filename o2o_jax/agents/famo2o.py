@@ -237,9 +237,7 @@ def ensemble_policy(members: FamO2O, observations):
 
 
 def act(members: FamO2O, observations, key):
-    mean, log_std = ensemble_policy(members, observations)
-    noise = jax.random.normal(key, mean.shape, mean.dtype)
-    return jnp.clip(mean + jnp.exp(log_std) * noise, -1.0, 1.0)
+    return iql.clipped_sample(*ensemble_policy(members, observations), key)
 
 
 def act_eval(members: FamO2O, observations):

@@ -261,11 +261,15 @@ def ensemble_policy(members: IQL, observations):
     return dist.ensemble_moments(means, log_stds)
 
 
-def act(members: IQL, observations, key: jax.Array):
-    """A sample of the ensemble Gaussian, clipped to [-1, 1] (the code's acting)."""
-    mean, log_std = ensemble_policy(members, observations)
+def clipped_sample(mean, log_std, key: jax.Array):
+    """mean + std * noise clipped to [-1, 1]: IQL's acting (a Gaussian without tanh)."""
     noise = jax.random.normal(key, mean.shape, mean.dtype)
     return jnp.clip(mean + jnp.exp(log_std) * noise, -1.0, 1.0)
+
+
+def act(members: IQL, observations, key: jax.Array):
+    """A sample of the ensemble Gaussian, clipped to [-1, 1] (the code's acting)."""
+    return clipped_sample(*ensemble_policy(members, observations), key)
 
 
 def act_eval(members: IQL, observations):
