@@ -162,6 +162,12 @@ def test_announced_time_of_a_medium_build(tmp_path, monkeypatch):
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
     from o2o_jax.progress import format_seconds
     b = recipes.make_budget()
+    # With the package's shipped hopper medium policy: a rollout only, timed as one.
+    shipped = recipes.describe("hopper", "medium", b)
+    assert "transitions of the shipped medium policy" in shipped, shipped
+    assert (f"Expected time: ~{format_seconds(1_000_000 / 5_800.0)} (no training; rough, "
+            "from a 2-core CPU at ~5,800 rollout steps/s)") in shipped, shipped
+    monkeypatch.setattr(recipes, "SHIPPED_DIR", tmp_path / "none_shipped")
     text = recipes.describe("hopper", "medium", b)
     typical = 200_000 / 95.0 + 1_000_000 / 5_800.0
     upper = 1_000_000 / 95.0 + 1_000_000 / 5_800.0

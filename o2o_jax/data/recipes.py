@@ -272,7 +272,9 @@ def describe(env_name: str, kind: str, b: Budget) -> str:
         when = (f"up to ~{format_seconds(est)} (SAC stops at the medium point, which is not "
                 "known in advance for these settings")
     elif kind == "random" or shipped is not None:
-        when = f"~{format_seconds(est)} (no training"
+        return (f"Building dataset {ds}: {what}. Expected time: ~{format_seconds(est)} (no "
+                f"training; rough, from a 2-core CPU at ~{ROLLOUT_STEPS_PER_S:,.0f} rollout "
+                "steps/s). Progress with ETA follows.")
     else:
         when = f"up to ~{format_seconds(est)} (reused policies make it shorter"
     return (f"Building dataset {ds}: {what}. Expected time: {when}; rough, from a 2-core CPU "
