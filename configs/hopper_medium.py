@@ -1,7 +1,7 @@
 """hopper-medium. Variants (comma-separated, applied in order):
 
   (none) / paper   paper scale: N = 5, 2x256, batch 256, 1M CQL steps, 250k online steps
-  quick            a ~10 minute 2-core CPU run that still shows learning (see README)
+  quick            a ~4 minute 2-core CPU run (hopper; see the README for what it shows)
   reference        the online settings of the authors' halfcheetah demo (configs/variants.py)
   <method>         a registered method's paper settings (its Algorithm.preset, in
                    o2o_jax/agents/): off2on, sac, sac_ft, cql_ft, awac, bcq_ft, fqe_init

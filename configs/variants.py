@@ -4,7 +4,7 @@ from o2o_jax import algorithm
 
 
 def quick(c):
-    """A ~10 minute run on a 2-core CPU: smaller networks and budgets, same algorithm."""
+    """A ~4 minute hopper run on a 2-core CPU: smaller networks and budgets, same algorithm."""
     c.agent.num_members = 2
     c.agent.hidden_dims = (64, 64)
     c.agent.bc_steps = 2_000
