@@ -53,6 +53,13 @@ if [ "$WHAT" = all ] || [ "$WHAT" = ucb ]; then
     train "off2on_ucb100_seed${seed}_e250" "$MEMBERS_DATA" --config.seed="$seed" \
         --config.online.explore_ucb_lambda=100 --config.online.load_offline_from="$OUT/members5"
   done
+  # The same on our recipe's halfcheetah-medium (another behaviour policy's data; rolled
+  # out from the shipped policy in ~2 min, or SAC first with --retrain).
+  python -m experiments.make_dataset --env=halfcheetah --kind=medium
+  for seed in 0 1; do
+    train "off2on_ourdata_ucb100_seed${seed}_e250" "$OUR_DATA" --config.seed="$seed" \
+        --config.online.explore_ucb_lambda=100 --config.online.load_offline_from="$OUT/members5"
+  done
 fi
 if [ "$WHAT" = all ] || [ "$WHAT" = controls ]; then
   # Controls from the same members, 100 epochs, on the members' data; the cheap ones
@@ -79,7 +86,8 @@ fi
 if [ "$WHAT" = all ] || [ "$WHAT" = figure ]; then
   runs=(); labels=()
   for r in off2on_members_data off2on_our_data off2on_ucb100_seed1_e250 \
-           off2on_ucb100_seed0_e250 sac_ft_member0 off2on_ucb100 off2on_uniform \
+           off2on_ucb100_seed0_e250 off2on_ourdata_ucb100_seed0_e250 \
+           off2on_ourdata_ucb100_seed1_e250 sac_ft_member0 off2on_ucb100 off2on_uniform \
            off2on_online_only off2on_n1_member0 upq_beta0.001 upq_beta0.01 upq_beta0.1; do
     [ -f "$OUT/$r/metrics.csv" ] && { runs+=("$OUT/$r"); labels+=(--label="$r"); }
   done
