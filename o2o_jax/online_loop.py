@@ -100,8 +100,10 @@ def finetune(ctx: Context, state, key, start_epoch: int = 0, resume_meta=None,
         if pending is not None:
             pending = mc_returns.PendingEpisodes(cfg.num_seeds, cfg.agent.discount,
                                                  resume_meta["mc_pending"])
+    first = ("it includes the compilation" if start_epoch > 0 or oc.first_epoch_multiplier == 1
+             else f"it has {oc.first_epoch_multiplier}x the updates and the compilation")
     progress = Progress("online " + cfg.online.replay, oc.epochs, "epochs", every_s=0.0,
-                        initial=start_epoch)
+                        initial=start_epoch, first_unit_differs=first)
     eval_seeds = [ONLINE_EVAL_SEED + 1_000 * s for s in ctx.seeds]
     final = None
     for epoch in range(start_epoch, oc.epochs + 1):

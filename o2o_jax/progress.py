@@ -23,18 +23,23 @@ class Progress:
     before the first update (start-up, compilation) counts only until a second update
     exists. `stops_early`: the job may stop before `total` at a point not known in advance
     (e.g. "at the medium point"); the ETA then reads as an upper bound, to `total`.
+    `first_unit_differs`: why the first unit is not like the rest (e.g. "it has 5x the
+    updates and the compilation"); until a second unit is timed the ETA then reads as
+    unknown with that reason, instead of extrapolating the first unit.
     """
 
     def __init__(self, label: str, total: int, unit: str = "", every_s: float = 10.0,
                  log: Optional[Callable[[str], None]] = None, initial: int = 0,
                  window_s: float = 120.0, stops_early: Optional[str] = None,
-                 clock: Callable[[], float] = None):
+                 clock: Callable[[], float] = None,
+                 first_unit_differs: Optional[str] = None):
         """`initial`: work already done before this run (a resumed job); the ETA uses the
         rate of this run only. `clock`: seconds (default time.time)."""
         self.label, self.total, self.unit, self.every_s = label, max(int(total), 1), unit, every_s
         self.log = log or (lambda s: print(s, file=sys.stderr, flush=True))
         self.clock = clock or (lambda: time.time())
         self.window_s, self.stops_early = float(window_s), stops_early
+        self.first_unit_differs = first_unit_differs
         self.start = self.clock()
         self.initial = self.count = int(initial)
         self._samples = [(self.start, self.count)]      # (time, count) of recent updates
@@ -74,7 +79,11 @@ class Progress:
         done_here = self.count - self.initial
         rate = self.rate()
         eta_s = "?"
-        if rate > 0:
+        if self.first_unit_differs and len(self._samples) <= 2 and self.count < self.total:
+            one = self.unit.rstrip("s") or "unit"
+            eta_s = (f"? (known after the next {one}: the first is not like the rest, "
+                     f"{self.first_unit_differs})")
+        elif rate > 0:
             eta_s = format_seconds(max(self.total - self.count, 0) / rate)
             if self.stops_early:
                 eta_s = (f"<= {eta_s} (to {self.total:,}; stops earlier "

@@ -388,6 +388,33 @@ def test_progress_eta_follows_the_recent_rate_to_a_known_stop():
                               "when is not known in advance)")
 
 
+def test_progress_eta_waits_for_a_normal_first_unit():
+    """The online phase's first epoch has 5x the updates and the compilation (102 s where
+    the others take 19 s): extrapolating it would read 250 epochs as 7h05m. With
+    `first_unit_differs` the ETA is unknown after it, with the reason, and from the second
+    epoch on it is the remaining epochs at the second epoch's time (248 x 19 s)."""
+    from o2o_jax import progress
+    clock = [0.0]
+    lines = []
+    p = progress.Progress("online", 250, "epochs", log=lines.append, every_s=0,
+                          clock=lambda: clock[0], first_unit_differs="it has 5x the updates")
+    clock[0] = 102.0
+    p.update(1)
+    assert lines[-1] == ("[online] 1/250 epochs (0%) 1m42s/epoch elapsed 1m42s ETA ? (known "
+                         "after the next epoch: the first is not like the rest, it has 5x "
+                         "the updates)")
+    clock[0] = 121.0
+    p.update(2)
+    assert lines[-1].endswith("ETA " + progress.format_seconds(248 * 19.0)), lines[-1]
+    assert progress.format_seconds(248 * 19.0) == "1h18m"
+    # Without the note the first epoch is extrapolated (the old, misleading line).
+    q = progress.Progress("online", 250, "epochs", log=lines.append, every_s=0,
+                          clock=lambda: clock[0])
+    clock[0] += 102.0
+    q.update(1)
+    assert lines[-1].endswith("ETA " + progress.format_seconds(249 * 102.0))
+
+
 def test_failed_download_leaves_nothing(root, monkeypatch):
     code = ("import os, pathlib, sys; pathlib.Path(os.environ['MINARI_DATASETS_PATH'], "
             "sys.argv[1], 'data').mkdir(parents=True); "
