@@ -85,17 +85,22 @@ def online_step(state: OnlineState, offline_data, key: jax.Array, cfg: StepConfi
 FIRST_BATCH_KEYS = ("q1_data", "q_data", "q_target", "alpha", "w_offline", "w_online", "w_rl",
                     "offline_fraction", "entropy")
 FIRST_BATCH_SUFFIX = "_first_batch"
+# And their largest value over the epoch's steps, as `<key>_max`: an epoch mean hides
+# whether a loss grows in every step or in a few (where a divergence starts).
+MAX_KEYS = ("critic_loss",)
+MAX_SUFFIX = "_max"
 
 
 def train_epoch(state: OnlineState, offline_data, key, num_steps: int, cfg: StepConfig):
     """`num_steps` fused steps (lax.scan); info averaged over the steps, plus the first
-    step's values of FIRST_BATCH_KEYS."""
+    step's values of FIRST_BATCH_KEYS and the largest of MAX_KEYS."""
     def body(s, k):
         return online_step(s, offline_data, k, cfg)
 
     state, infos = jax.lax.scan(body, state, jax.random.split(key, num_steps))
     out = jax.tree_util.tree_map(lambda x: jnp.mean(x, axis=0), infos)
     out.update({k + FIRST_BATCH_SUFFIX: infos[k][0] for k in FIRST_BATCH_KEYS if k in infos})
+    out.update({k + MAX_SUFFIX: jnp.max(infos[k], axis=0) for k in MAX_KEYS if k in infos})
     return state, out
 
 

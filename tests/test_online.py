@@ -153,6 +153,10 @@ def test_scanned_epoch_equals_repeated_steps():
     for k in online.FIRST_BATCH_KEYS:
         np.testing.assert_allclose(float(info[k + "_first_batch"]), float(step_infos[0][k]),
                                    rtol=1e-5)
+    # And the epoch's largest critic loss.
+    for k in online.MAX_KEYS:
+        np.testing.assert_allclose(float(info[k + "_max"]), max(float(i[k]) for i in step_infos),
+                                   rtol=1e-5)
 
     # q1_data: the first twin of every member on the RL batch, at the pre-update critics.
     k_rl, _, _, _ = jax.random.split(jax.random.split(key, 3)[0], 4)
