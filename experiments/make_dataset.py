@@ -43,6 +43,9 @@ _BATCH = flags.DEFINE_integer("batch_size", 256, "SAC minibatch size.")
 _EVAL_EVERY = flags.DEFINE_integer("eval_every", 10_000, "Env steps between evaluations.")
 _EVAL_EPISODES = flags.DEFINE_integer("eval_episodes", 5, "Episodes per evaluation.")
 _NUM_ENVS = flags.DEFINE_integer("num_envs", 8, "Envs side by side in rollouts.")
+_CHECKPOINT_EVERY = flags.DEFINE_integer(
+    "checkpoint_every", 50_000, "SAC env steps between checkpoints that an interrupted build "
+    "resumes from (0: none).")
 _MEMBERS = flags.DEFINE_string("members", None, "Roll out the stochastic ensemble policy of "
                                "this members checkpoint (e.g. from "
                                "experiments.import_members) instead of a recipe kind; needs "
@@ -132,7 +135,7 @@ def main(argv):
         hidden_dims=tuple(int(h) for h in _HIDDEN.value), batch_size=_BATCH.value,
         start_steps=_START.value, eval_every=_EVAL_EVERY.value,
         eval_episodes=_EVAL_EPISODES.value, num_envs=_NUM_ENVS.value,
-        retrain=_RETRAIN.value)
+        retrain=_RETRAIN.value, checkpoint_every=_CHECKPOINT_EVERY.value)
     if _MEMBERS.value:
         if not _DATASET_ID.value:
             raise app.UsageError("--members needs --dataset_id (the id to write)")

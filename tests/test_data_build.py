@@ -176,3 +176,98 @@ def test_announced_time_of_a_medium_build(tmp_path, monkeypatch):
             in text), text
     other = recipes.describe("hopper", "medium", recipes.make_budget(seed=3))
     assert f"up to ~{format_seconds(upper)} (SAC stops at the medium point, which is not known" in other
+
+
+def test_episodes_file_round_trip(tmp_path):
+    """save_episodes / load_episodes keep every array and the `cut` flag exactly."""
+    rng = np.random.default_rng(0)
+    eps = []
+    for t, cut in ((3, False), (1, False), (5, True)):
+        ep = {"observations": rng.normal(size=(t + 1, 4)), "actions": rng.normal(size=(t, 2)
+                                                                                ).astype(np.float32),
+              "rewards": rng.normal(size=t), "terminations": np.arange(t) == t - 1,
+              "truncations": np.zeros(t, bool)}
+        if cut:
+            ep["cut"] = True
+        eps.append(ep)
+    behavior.save_episodes(tmp_path / "e.npz", eps)
+    back = behavior.load_episodes(tmp_path / "e.npz")
+    assert len(back) == 3
+    for a, b in zip(eps, back):
+        assert set(a) == set(b)
+        for k in behavior.EPISODE_KEYS + ("observations",):
+            np.testing.assert_array_equal(a[k], b[k])
+            assert a[k].dtype == b[k].dtype
+
+
+def test_interrupted_sac_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    """An expert build (SAC to 600 env steps, checkpoints every 200) killed after its
+    checkpoint at 400 resumes there: the next build trains the remaining 200 steps only,
+    from the checkpoint's agent and replay (which begins with the medium-replay data,
+    collected up to the medium point at 100), and removes the checkpoint when done."""
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    b = recipes.make_budget(**{**TINY, "train_steps": 600, "checkpoint_every": 200})
+    real_save = recipes._save_progress_checkpoint
+
+    class Killed(Exception):
+        pass
+
+    def save_then_die(pdir, agent, step, *args):
+        real_save(pdir, agent, step, *args)
+        if step == 400:
+            raise Killed
+    monkeypatch.setattr(recipes, "_save_progress_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        recipes.build("hopper", "expert", b, log=lambda s: None)
+    pdir = recipes.policy_dir("hopper", 0)
+    record = json.loads((pdir / "in_progress.json").read_text())
+    assert record["env_steps"] == 400 and record["medium_reached"]
+    assert not (pdir / "expert.json").exists()
+    saved = behavior.load_episodes(pdir / "in_progress_episodes.npz")
+    assert sum(len(e["rewards"]) for e in saved) == 400
+    # The replay's first 100 transitions are the medium-replay set's, in order.
+    replay = loader.load("o2o/hopper/medium-replay-v0", "hopper").transitions()
+    assert len(replay["rewards"]) == 100
+    first = behavior.episodes_to_transitions(saved)
+    for k in ("observations", "actions", "rewards", "dones"):
+        np.testing.assert_allclose(first[k][:100], replay[k], rtol=1e-6)
+
+    monkeypatch.setattr(recipes, "_save_progress_checkpoint", real_save)
+    calls, logs = [], []
+    real_train = behavior.train_sac
+
+    def spy(*args, **kwargs):
+        agent, step, episodes = kwargs["resume"]
+        calls.append((step, len(episodes), kwargs["resume_medium_reached"]))
+        run = real_train(*args, **kwargs)
+        calls.append(run.final.env_steps)
+        return run
+    monkeypatch.setattr(behavior, "train_sac", spy)
+    recipes.build("hopper", "expert", b, log=logs.append)
+    assert calls == [(400, len(saved), True), 600]
+    assert any("resuming the interrupted run from its checkpoint at 400" in s for s in logs)
+    assert json.loads((pdir / "expert.json").read_text())["env_steps"] == 600
+    assert not any(pdir.glob("in_progress*"))
+
+
+def test_a_checkpoint_of_other_settings_is_not_resumed(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    b = recipes.make_budget(**{**TINY, "train_steps": 400, "checkpoint_every": 200})
+    pdir = recipes.policy_dir("hopper", 0)
+    cfg = behavior.sac_config(b.hidden_dims)
+    agent = recipes.ac.create(recipes.jax.random.PRNGKey(0), 11, 3, cfg)
+    recipes._save_progress_checkpoint(pdir, agent, 200, False, [], cfg,
+                                      recipes.make_budget(**{**TINY, "batch_size": 64}),
+                                      b.target("hopper"))
+    logs = []
+    assert recipes._progress_checkpoint("hopper", cfg, b, b.target("hopper"), True,
+                                        logs.append) is None
+    assert "batch_size differ" in logs[-1]
+    # The same settings: resumed.
+    recipes._save_progress_checkpoint(pdir, agent, 200, False, [], cfg, b, b.target("hopper"))
+    got = recipes._progress_checkpoint("hopper", cfg, b, b.target("hopper"), True, logs.append)
+    assert got is not None and got[1] == 200 and got[2] is False
+    # A medium build does not continue a run past its medium point.
+    recipes._save_progress_checkpoint(pdir, agent, 200, True, [], cfg, b, b.target("hopper"))
+    assert recipes._progress_checkpoint("hopper", cfg, b, b.target("hopper"), False,
+                                        logs.append) is None

@@ -18,6 +18,7 @@
 """
 import dataclasses
 import functools
+import io
 import json
 import os
 import pathlib
@@ -265,13 +266,20 @@ def train_sac(env_name: str, cfg, *, train_steps: int, target_return: float,
               eval_episodes: int = 5, resume: Optional[Tuple[ac.ActorCritic, int,
                                                             List[Episode]]] = None,
               on_medium: Optional[Callable[[Snapshot, List[Episode]], None]] = None,
+              resume_medium_reached: bool = True, checkpoint_every: int = 0,
+              on_checkpoint: Optional[Callable[[ac.ActorCritic, int, bool, List[Episode]],
+                                               None]] = None,
               log: Optional[Log] = None, label: str = "SAC") -> SACRun:
     """Train SAC for `train_steps` env steps (UTD 1); see the module docstring.
 
-    `resume = (agent, env_steps, replay_episodes)` continues a run (e.g. from the medium
-    point): the replay store is refilled with those episodes and training goes on from
-    `env_steps`. `on_medium(snapshot, replay_episodes)` is called once when the target is
-    first reached (e.g. to save the policy right away).
+    `resume = (agent, env_steps, replay_episodes)` continues a run (from the medium point,
+    or from a checkpoint): the replay store is refilled with those episodes and training
+    goes on from `env_steps` with a fresh episode (`resume_medium_reached`: whether that
+    run had passed its medium point). `on_medium(snapshot, replay_episodes)` is called once
+    when the target is first reached (e.g. to save the policy right away).
+    `on_checkpoint(agent, env_steps, medium_reached, replay_episodes)` is called every
+    `checkpoint_every` env steps (0: never) before the end, so that a run stopped there can
+    be resumed; the agent is donated to the next update, so save it before returning.
     """
     log = log or print
     chunk = max(1, min(chunk, eval_every))  # evaluations fall on chunk boundaries
@@ -287,7 +295,8 @@ def train_sac(env_name: str, cfg, *, train_steps: int, target_return: float,
         agent, step, old_episodes = resume
         rec.episodes = list(old_episodes)
         store = _store_add(store, episodes_to_transitions(old_episodes))
-        medium_reached = True
+        medium_reached = bool(resume_medium_reached)
+        key = jax.random.fold_in(key, step)    # not the start's update keys again
     else:
         agent = ac.create(k_init, obs_dim, act_dim, cfg)
         step = 0
@@ -347,6 +356,9 @@ def train_sac(env_name: str, cfg, *, train_steps: int, target_return: float,
                         on_medium(medium, medium_replay)
                     if stop_at_target:
                         break
+            if (checkpoint_every > 0 and on_checkpoint is not None and step < train_steps
+                    and step % checkpoint_every == 0):
+                on_checkpoint(agent, step, medium_reached, rec.snapshot())
             extra = f"eval return {last_eval:.1f}" if history else "no eval yet"
             if not medium_reached:
                 extra += f" (medium target {target_return:.1f})"
@@ -420,6 +432,41 @@ def load_policy(path: pathlib.Path) -> Tuple[ac.ActorCritic, Dict[str, Any]]:
     params = flax.serialization.from_bytes(agent.actor.params,
                                            path.with_suffix(".msgpack").read_bytes())
     return agent.replace(actor=agent.actor.replace(params=params)), meta
+
+
+EPISODE_KEYS = ("actions", "rewards", "terminations", "truncations")
+
+
+def save_episodes(path: pathlib.Path, episodes: List[Episode]) -> None:
+    """Episodes (Minari layout, as the recorder makes them) in one .npz, written
+    atomically: each key concatenated, with the episode lengths and `cut` flags."""
+    lengths = np.asarray([len(e["rewards"]) for e in episodes], np.int64)
+    arrays = {k: (np.concatenate([e[k] for e in episodes]) if episodes else np.zeros(0))
+              for k in EPISODE_KEYS}
+    arrays["observations"] = (np.concatenate([e["observations"] for e in episodes])
+                              if episodes else np.zeros(0))
+    arrays["lengths"] = lengths
+    arrays["cut"] = np.asarray([bool(e.get("cut", False)) for e in episodes], bool)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    _atomic_write(pathlib.Path(path), buf.getvalue())
+
+
+def load_episodes(path: pathlib.Path) -> List[Episode]:
+    """The episodes `save_episodes` wrote, array for array."""
+    with np.load(pathlib.Path(path)) as f:
+        z = {k: f[k] for k in f.files}        # each read once, not once per episode
+    lengths, cut = z["lengths"], z["cut"]
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    out = []
+    for i, (a, b) in enumerate(zip(starts, ends)):
+        ep = {k: z[k][a:b] for k in EPISODE_KEYS}
+        ep["observations"] = z["observations"][a + i:b + i + 1]   # T + 1 each
+        if cut[i]:
+            ep["cut"] = True
+        out.append(ep)
+    return out
 
 
 def save_agent(path: pathlib.Path, agent: ac.ActorCritic) -> None:

@@ -27,9 +27,11 @@ import platform
 import time
 from typing import Any, Callable, Dict, List, Optional
 
+import jax
 import numpy as np
 
 from o2o_jax import envs
+from o2o_jax.agents import actor_critic as ac
 from o2o_jax.data import behavior, store
 from o2o_jax.progress import format_seconds
 
@@ -147,6 +149,7 @@ class Budget:
     eval_episodes: int = 5
     num_envs: int = 8                   # envs side by side in dataset rollouts
     retrain: bool = False               # train SAC even where a shipped policy fits
+    checkpoint_every: int = 50_000      # SAC env steps between resumable checkpoints; 0: none
 
     def target(self, env_name: str) -> float:
         if self.target_return is not None:
@@ -158,6 +161,9 @@ class Budget:
                      "eval_episodes", "num_envs"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if int(self.checkpoint_every) < 0:
+            raise ValueError(f"checkpoint_every must be >= 0 (0: no checkpoints), got "
+                             f"{self.checkpoint_every!r}")
 
 
 def make_budget(**kwargs) -> Budget:
@@ -379,8 +385,12 @@ def _run_sac(env_name: str, b: Budget, *, to_expert: bool, force_replay: bool,
     cfg = behavior.sac_config(b.hidden_dims)
     started = time.time()
     target = b.target(env_name)
-    resume = None
-    if (to_expert and not force_replay and (pdir / "medium_agent.msgpack").exists()
+    resume, resume_medium_reached = None, True
+    progress_ckpt = _progress_checkpoint(env_name, cfg, b, target, to_expert, log)
+    if progress_ckpt is not None:
+        agent, step, reached, episodes = progress_ckpt
+        resume, resume_medium_reached = (agent, step, episodes), reached
+    elif (to_expert and not force_replay and (pdir / "medium_agent.msgpack").exists()
             and (pdir / "medium.json").exists() and store.exists_locally(replay_id)):
         template, meta = behavior.load_policy(pdir / "medium")
         cfg = behavior.config_from_json(meta["agent_config"])
@@ -407,12 +417,18 @@ def _run_sac(env_name: str, b: Budget, *, to_expert: bool, force_replay: bool,
                   log=log, policy=out["medium"])
             out["medium-replay"] = replay_id
 
+    def on_checkpoint(agent, step: int, medium_reached: bool, replay) -> None:
+        _save_progress_checkpoint(pdir, agent, step, medium_reached, replay, cfg, b, target)
+        log(f"[SAC] checkpoint at {step:,} env steps ({pdir / PROGRESS}*): an interrupted "
+            "build resumes from here")
+
     run = behavior.train_sac(
         env_name, cfg, train_steps=b.train_steps, target_return=target,
         stop_at_target=not to_expert, seed=b.seed, batch_size=b.batch_size,
         start_steps=b.start_steps, chunk=b.chunk, eval_every=b.eval_every,
         eval_episodes=b.eval_episodes, resume=resume, on_medium=on_medium, log=log,
-        label=f"{env_name} SAC")
+        resume_medium_reached=resume_medium_reached, checkpoint_every=b.checkpoint_every,
+        on_checkpoint=on_checkpoint, label=f"{env_name} SAC")
     if run.medium is None and resume is None and to_expert:
         log(f"[SAC] WARNING: eval return never reached the medium target {target:.1f}; "
             "no medium policy or medium-replay data came out of this run.")
@@ -426,7 +442,73 @@ def _run_sac(env_name: str, b: Budget, *, to_expert: bool, force_replay: bool,
         out["expert"] = _save_snapshot(env_name, "expert", run.final, cfg, b,
                                        run.final.eval_return >= target,
                                        time.time() - started, log)
+    _remove_progress_checkpoint(pdir)     # the run's results are saved; nothing to resume
     return out
+
+
+# A SAC run's checkpoint every `Budget.checkpoint_every` env steps, so that an interrupted
+# build (an expert run is ~1.5 h of CPU) resumes there: the whole agent, the replay's
+# episodes so far (the running one cut), and a JSON record written last, which marks the
+# checkpoint complete. The resumed run starts a fresh episode and draws new update keys,
+# so it continues the run without repeating it bit for bit.
+PROGRESS = "in_progress"
+
+
+def _progress_paths(pdir):
+    return (pdir / f"{PROGRESS}.json", pdir / f"{PROGRESS}_agent.msgpack",
+            pdir / f"{PROGRESS}_episodes.npz")
+
+
+def _progress_key(cfg, b: Budget, target: float) -> Dict[str, Any]:
+    """What a checkpoint must share with the build to continue its run."""
+    return {"agent_config": behavior._to_jsonable(cfg), "seed": b.seed,
+            "target_return": float(target), "batch_size": b.batch_size,
+            "start_steps": b.start_steps, "chunk": b.chunk, "eval_every": b.eval_every}
+
+
+def _save_progress_checkpoint(pdir, agent, step: int, medium_reached: bool, episodes,
+                              cfg, b: Budget, target: float) -> None:
+    meta_path, agent_path, episodes_path = _progress_paths(pdir)
+    if meta_path.exists():
+        meta_path.unlink()                # the old record must not vouch for new files
+    behavior.save_agent(agent_path, agent)
+    behavior.save_episodes(episodes_path, episodes)
+    record = {"env_steps": int(step), "medium_reached": bool(medium_reached),
+              **_progress_key(cfg, b, target)}
+    behavior._atomic_write(meta_path, json.dumps(record, indent=1).encode())
+
+
+def _remove_progress_checkpoint(pdir) -> None:
+    for path in _progress_paths(pdir):    # the record first: it vouches for the rest
+        if path.exists():
+            path.unlink()
+
+
+def _progress_checkpoint(env_name: str, cfg, b: Budget, target: float, to_expert: bool,
+                         log: Callable[[str], None]):
+    """(agent, env_steps, medium_reached, episodes) of a checkpoint this build can
+    continue, or None: the checkpoint must be complete, of the same run settings, before
+    `b.train_steps`, and (for a medium build) before the medium point."""
+    pdir = policy_dir(env_name, b.seed)
+    meta_path, agent_path, episodes_path = _progress_paths(pdir)
+    if not meta_path.exists():
+        return None
+    record = json.loads(meta_path.read_text())
+    want = _progress_key(cfg, b, target)
+    differs = sorted(k for k in want if record.get(k) != want[k])
+    if differs:
+        log(f"[SAC] not resuming the checkpoint in {pdir} ({', '.join(differs)} differ "
+            "from this build's); a new run starts and replaces it")
+        return None
+    step = int(record["env_steps"])
+    if step >= b.train_steps or (record["medium_reached"] and not to_expert):
+        return None
+    template = ac.create(jax.random.PRNGKey(0), *envs.env_dims(env_name), cfg)
+    agent = behavior.load_agent(agent_path, template)
+    episodes = behavior.load_episodes(episodes_path)
+    log(f"[SAC] resuming the interrupted run from its checkpoint at {step:,} env steps "
+        f"({sum(len(e['rewards']) for e in episodes):,} transitions in the replay)")
+    return agent, step, bool(record["medium_reached"]), episodes
 
 
 def _policy(env_name: str, role: str, b: Budget, log: Callable[[str], None]):
