@@ -110,4 +110,9 @@ def get_config() -> ml_collections.ConfigDict:
     # the members' own samples by target-Q1 mean + lambda * std (it used 100).
     c.online.explore_ucb_lambda = 0.0
     c.online.load_offline_from = ""     # members checkpoint dir: skip pretraining
+    # Another run's online checkpoint (<run>/checkpoints/<n>): start this run there (its
+    # state, keys, env and metrics so far) with this config, e.g. to test a changed
+    # setting from the same point (no pretraining: the members are in the checkpoint).
+    # Its env, seeds, networks, replay mode and online size must match.
+    c.online.branch_from = ""
     return c

@@ -199,6 +199,39 @@ class CheckpointManager:
         return restore(latest["path"], template, expect={"config": self.config})
 
 
+# What a branch (`online.branch_from`) must share with the run it starts from: the state's
+# structure and the seeds' streams depend on these; anything else may change.
+BRANCH_KEYS = ("algo", "env", "seed", "num_seeds", "shard_seeds", "agent.num_members",
+               "agent.hidden_dims", "agent.activation", "agent.actor_layer_norm",
+               "agent.critic_layer_norm", "online.replay", "online.epochs",
+               "online.env_steps_per_epoch")
+
+
+def branch_source(cfg) -> dict:
+    """The online checkpoint `online.branch_from` names, checked against `cfg`: its meta
+    with `path` and `config`. CheckpointError naming the difference otherwise."""
+    path = os.path.abspath(cfg.online.branch_from)
+    meta = read_meta(path)
+    if meta.get("phase") != "online":
+        raise CheckpointError(
+            f"online.branch_from={path!r} is a {meta.get('phase', meta.get('kind'))!r} "
+            "checkpoint; a branch starts from an online one (<run>/checkpoints/<n> written "
+            "in the online phase)")
+    theirs, ours = meta.get("config", {}), comparable_config(cfg)
+
+    def get(d, dotted):
+        for k in dotted.split("."):
+            d = d.get(k) if isinstance(d, dict) else None
+        return d
+    differ = [f"{k} = {get(theirs, k)!r} there, {get(ours, k)!r} here" for k in BRANCH_KEYS
+              if get(theirs, k) != get(ours, k)]
+    if differ:
+        raise CheckpointError(
+            f"online.branch_from={path!r} was made with settings a branch must keep ("
+            + "; ".join(differ) + "); change the config to match them")
+    return {**meta, "path": path}
+
+
 def members_meta(cfg, obs_dim: int, act_dim: int) -> dict:
     """What must match for an offline-members checkpoint to be reused."""
     a = cfg.agent

@@ -105,6 +105,10 @@ def check(cfg):
                "pretraining: keep one of the two")
     if "online" in cfg:
         check_online(cfg)
+        branch = cfg.online.get("branch_from", "")
+        if branch:
+            _check(cfg.online.epochs > 0, "online.branch_from", branch,
+                   "needs online.epochs > 0 (the branch goes on with the online phase)")
     algo = algorithm.get(cfg.algo)
     if algo.check is not None:
         algo.check(cfg)     # the method's own rules

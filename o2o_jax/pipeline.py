@@ -28,12 +28,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from o2o_jax import algorithm, checkpoints, config_checks, distributed, envs, stats
-from o2o_jax.checkpoints import (CheckpointManager, comparable_config, load_members,
-                                 members_expect, members_meta, read_env_state)
+from o2o_jax.checkpoints import (CheckpointManager, branch_source, comparable_config,
+                                 load_members, members_expect, members_meta, read_env_state)
 from o2o_jax.context import Context
 from o2o_jax.offline_loop import post_offline_phase, pretrain
 from o2o_jax.online_loop import finetune, init_online, member_mask
-from o2o_jax.rundir import RunDir
+from o2o_jax.rundir import RunDir, read_metrics_rows
 from o2o_jax.seeds import seed_list, split_each
 from o2o_jax.sharding import Sharder
 from o2o_jax.transitions import TRANSITION_KEYS
@@ -104,6 +104,7 @@ def run(cfg) -> dict:
             members_expect(cfg, obs_dim, act_dim)
         if cfg.offline.get("init_from", ""):
             members_expect(cfg, obs_dim, act_dim, "offline.init_from")
+        branch = branch_source(cfg) if cfg.online.get("branch_from", "") else None
         path = distributed.broadcast_str(run_path(cfg))   # one clock names the directory
         existed = os.path.isdir(path)
         # The writer takes the directory's lock first: a second process is refused here.
@@ -112,12 +113,15 @@ def run(cfg) -> dict:
             ckpt = CheckpointManager(os.path.join(path, "checkpoints"), cfg.checkpoint.keep,
                                      comparable_config(cfg))
             latest = ckpt.latest() if existed else None
+            if latest is None and branch is not None:   # a new branch: start at its source
+                latest = {**branch, "branch": True}
             distributed.agree(lambda: latest["path"] if latest else "(none)",
                               "the newest checkpoint of the run directory",
                               "the run directory must be on a filesystem every host shares")
             distributed.barrier("o2o_run_dir")   # all have looked before the primary writes
             run_dir.write_config(cfg.to_json_best_effort(indent=2))
-            print(f"run directory: {run_dir.path}" + (f" (resuming from {latest['path']})"
+            how = "branching from" if latest and latest.get("branch") else "resuming from"
+            print(f"run directory: {run_dir.path}" + (f" ({how} {latest['path']})"
                                                       if latest else ""))
             return _run(cfg, run_dir, ckpt, latest, dataset, obs_dim, act_dim)
         finally:
@@ -194,11 +198,19 @@ def _run(cfg, run_dir: RunDir, ckpt: CheckpointManager, latest, dataset, obs_dim
         state = init_online(ctx, members, k_state)
         start_epoch, resume_meta = 0, None
         if phase == "online":
-            restored = ckpt.restore(latest, {"state": state, "key": k_loop})
+            template = {"state": state, "key": k_loop}
+            restored = (checkpoints.restore(latest["path"], template) if latest.get("branch")
+                        else ckpt.restore(latest, template))
             state, k_loop = restored["state"], restored["key"]
             env_state = read_env_state(latest["path"])
             # Only once everything is restored: a failed resume must lose no row.
-            run_dir.truncate(latest["csv_rows"])
+            if latest.get("branch"):   # the source run's rows up to its checkpoint
+                source_csv = os.path.join(os.path.dirname(os.path.dirname(latest["path"])),
+                                          "metrics.csv")
+                run_dir.truncate(0)
+                run_dir.copy_rows(read_metrics_rows(source_csv)[:latest["csv_rows"]])
+            else:
+                run_dir.truncate(latest["csv_rows"])
             start_epoch, resume_meta = latest["epoch"], {**latest, "env_state": env_state}
             offline_return = latest.get("offline_return")
         state = sharder.seeds(state, member_mask(ctx, members))

@@ -231,6 +231,14 @@ class RunDir:
             self.tensorboard.write({k: _number_or_text(v) for k, v in row.items()}, now)
         self.tensorboard.flush()
 
+    def copy_rows(self, rows: List[Dict[str, str]]):
+        """Append rows as another run wrote them (a branch's history: wall_time kept)."""
+        for row in rows:
+            self.metrics.write(dict(row))
+            if self.tensorboard is not None:
+                self.tensorboard.write({k: _number_or_text(v) for k, v in row.items()
+                                        if v != ""}, time.time())
+
     def log(self, row: Dict[str, float]):
         self.metrics.write({"wall_time": time.time() - self.start, **row})
         if self.tensorboard is not None:
@@ -324,6 +332,14 @@ def _column(values: List[str]) -> np.ndarray:
         except ValueError:
             return np.array([s.strip() for s in values], dtype=str)
     return out
+
+
+def read_metrics_rows(path: str) -> List[Dict[str, str]]:
+    """metrics.csv's rows as written (text cells); [] if there is no file."""
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def read_metrics_csv(path: str) -> Dict[str, np.ndarray]:

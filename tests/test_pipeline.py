@@ -138,6 +138,47 @@ def test_pretraining_goes_on_from_saved_members(reference_run, tmp_path):
         pipeline.run(none)
 
 
+def test_branch_from_an_online_checkpoint(reference_run, tmp_path):
+    """online.branch_from starts a new run at another run's online checkpoint. With the
+    source's own config it repeats the source's rows from there exactly (state, keys, env
+    and metrics all carried over); with a changed setting it shares the rows up to the
+    checkpoint and differs after. Settings the state depends on are refused by name."""
+    ref, ref_dir = reference_run
+    ckpts = pipeline.CheckpointManager(os.path.join(ref_dir, "checkpoints"), 2,
+                                       None).complete()
+    metas = {p: checkpoints.read_meta(p) for p in ckpts}
+    online = [p for p in ckpts if metas[p]["phase"] == "online" and metas[p]["epoch"] < 3]
+    assert online, metas
+    src = online[-1]
+    cut = metas[src]["csv_rows"]
+    ref_rows = read_rows(ref_dir)
+    assert 0 < cut < len(ref_rows)
+    same = pipeline.run(tiny_config(tmp_path, "same", **{"online.branch_from": src}))
+    rows = read_rows(os.path.join(tmp_path, "same"))
+    assert numeric_rows(rows) == numeric_rows(ref_rows)
+    # The copied rows keep the source's wall time.
+    assert [r["wall_time"] for r in rows[:cut]] == [r["wall_time"] for r in ref_rows[:cut]]
+    assert same["final"]["per_seed_return"] == ref["final"]["per_seed_return"]
+
+    changed = pipeline.run(tiny_config(tmp_path, "lr", **{"online.branch_from": src,
+                                                          "online.critic_lr": 3e-2}))
+    rows = read_rows(os.path.join(tmp_path, "lr"))
+    assert numeric_rows(rows[:cut]) == numeric_rows(ref_rows[:cut])
+    after = [(r["critic_loss"], ref_r["critic_loss"]) for r, ref_r in
+             zip(rows[cut:], ref_rows[cut:]) if r["critic_loss"]]
+    assert after and any(a != b for a, b in after)
+    assert np.isfinite(changed["final"]["per_seed_return"][0])
+
+    with pytest.raises(checkpoints.CheckpointError, match="agent.num_members"):
+        pipeline.run(tiny_config(tmp_path, "n3", **{"online.branch_from": src,
+                                                    "agent.num_members": 3}))
+    offline = [p for p in ckpts if metas[p]["phase"] != "online"] or [
+        os.path.join(ref_dir, "offline_members")]
+    with pytest.raises(checkpoints.CheckpointError, match="starts from an online one"):
+        pipeline.run(tiny_config(tmp_path, "off", **{"online.branch_from": offline[0]}))
+    assert not os.path.exists(os.path.join(tmp_path, "n3"))
+
+
 @pytest.mark.parametrize("stop_after", [1, 2])   # 1: offline phase; 2: online phase
 def test_kill_and_resume_matches_uninterrupted_run(reference_run, tmp_path, monkeypatch,
                                                    stop_after):
