@@ -32,6 +32,7 @@ sys.exit(0 if rows and float(rows[-1]["epoch"]) >= float(sys.argv[2]) else 1)
 PY
     then kill "$pid"; wait "$pid" || true; echo "stopped $dir at epoch $stop"; return; fi
   done
+  wait "$pid"   # it ended by itself: its status (a crash stops the script under set -e)
 }
 
 if [ "$WHAT" = all ] || [ "$WHAT" = rerun ]; then
@@ -45,6 +46,7 @@ for p in sorted(glob.glob(os.path.join(sys.argv[1], "*", "meta.json"))):
     m = json.load(open(p))
     if m.get("phase") == "online" and m["epoch"] == int(sys.argv[2]):
         print(os.path.dirname(p))
+        break
 PY
 )
   [ -n "$src" ] || { echo "no online checkpoint at epoch $FROM under $OUT/rerun" >&2; exit 2; }

@@ -200,11 +200,17 @@ class CheckpointManager:
 
 
 # What a branch (`online.branch_from`) must share with the run it starts from: the state's
-# structure and the seeds' streams depend on these; anything else may change.
-BRANCH_KEYS = ("algo", "env", "seed", "num_seeds", "shard_seeds", "agent.num_members",
-               "agent.hidden_dims", "agent.activation", "agent.actor_layer_norm",
-               "agent.critic_layer_norm", "online.replay", "online.epochs",
-               "online.env_steps_per_epoch")
+# structure, the seeds' streams and the replayed data depend on these ...
+BRANCH_KEYS = ("algo", "env", "seed", "num_seeds", "shard_seeds", "dataset.id",
+               "dataset.kind", "agent.num_members", "agent.hidden_dims", "agent.activation",
+               "agent.actor_layer_norm", "agent.critic_layer_norm", "online.replay",
+               "online.epochs", "online.env_steps_per_epoch", "online.dr_hidden_dims")
+# ... and these act only when the online phase starts, so a branch changing them would
+# change nothing: refused too, rather than read as "no effect".
+BRANCH_START_ONLY_KEYS = ("online.first_epoch_multiplier", "online.seed_fraction",
+                          "online.seed_min", "online.init_online_fraction",
+                          "online.reset_temperature", "online.init_temperature",
+                          "online.fresh_optimizers")
 
 
 def branch_source(cfg) -> dict:
@@ -223,12 +229,21 @@ def branch_source(cfg) -> dict:
         for k in dotted.split("."):
             d = d.get(k) if isinstance(d, dict) else None
         return d
-    differ = [f"{k} = {get(theirs, k)!r} there, {get(ours, k)!r} here" for k in BRANCH_KEYS
-              if get(theirs, k) != get(ours, k)]
-    if differ:
+
+    def differ(keys):
+        return [f"{k} = {get(theirs, k)!r} there, {get(ours, k)!r} here" for k in keys
+                if get(theirs, k) != get(ours, k)]
+    state = differ(BRANCH_KEYS)
+    if state:
         raise CheckpointError(
             f"online.branch_from={path!r} was made with settings a branch must keep ("
-            + "; ".join(differ) + "); change the config to match them")
+            + "; ".join(state) + "); change the config to match them")
+    start_only = differ(BRANCH_START_ONLY_KEYS)
+    if start_only:
+        raise CheckpointError(
+            f"online.branch_from={path!r}: " + "; ".join(start_only) + ". These act only "
+            "when the online phase starts, so a branch would not change them; keep the "
+            "source's values (or start a new run from the members instead)")
     return {**meta, "path": path}
 
 

@@ -89,6 +89,7 @@ FIRST_BATCH_SUFFIX = "_first_batch"
 # whether a loss grows in every step or in a few (where a divergence starts).
 MAX_KEYS = ("critic_loss",)
 MAX_SUFFIX = "_max"
+MAX_INFO_KEYS = tuple(k + MAX_SUFFIX for k in MAX_KEYS)
 
 
 def train_epoch(state: OnlineState, offline_data, key, num_steps: int, cfg: StepConfig):

@@ -167,6 +167,8 @@ def finetune(ctx: Context, state, key, start_epoch: int = 0, resume_meta=None,
             infos.append(info)
         info = distributed.to_host_tree(
             {k: (infos[0][k] if k.endswith(online.FIRST_BATCH_SUFFIX)   # the epoch's first
+                 else functools.reduce(jnp.maximum, [i[k] for i in infos])
+                 if k in online.MAX_INFO_KEYS                          # the epoch's largest
                  else sum(i[k] for i in infos) / len(infos)) for k in infos[0]})
         check_finite(ctx, info, f"online epoch {epoch} (training)")
         extra.update({"q_auroc": auroc,

@@ -21,6 +21,7 @@ state, the last `checkpoint.keep` of them); re-running into the same directory r
 import glob
 import json
 import os
+import sys
 import time
 
 import jax
@@ -104,9 +105,13 @@ def run(cfg) -> dict:
             members_expect(cfg, obs_dim, act_dim)
         if cfg.offline.get("init_from", ""):
             members_expect(cfg, obs_dim, act_dim, "offline.init_from")
-        branch = branch_source(cfg) if cfg.online.get("branch_from", "") else None
         path = distributed.broadcast_str(run_path(cfg))   # one clock names the directory
         existed = os.path.isdir(path)
+        # A branch is checked against its source only when it starts: once it has
+        # checkpoints of its own it resumes from them (the source may be gone by then).
+        branch = (branch_source(cfg) if cfg.online.get("branch_from", "") and not (
+            existed and CheckpointManager(os.path.join(path, "checkpoints"), 1,
+                                          None).complete()) else None)
         # The writer takes the directory's lock first: a second process is refused here.
         run_dir = RunDir(path, tensorboard=cfg.tensorboard, write=distributed.is_primary())
         try:
@@ -207,8 +212,13 @@ def _run(cfg, run_dir: RunDir, ckpt: CheckpointManager, latest, dataset, obs_dim
             if latest.get("branch"):   # the source run's rows up to its checkpoint
                 source_csv = os.path.join(os.path.dirname(os.path.dirname(latest["path"])),
                                           "metrics.csv")
+                history = read_metrics_rows(source_csv)[:latest["csv_rows"]]
+                if len(history) < latest["csv_rows"]:
+                    print(f"WARNING: {source_csv} has {len(history)} of the "
+                          f"{latest['csv_rows']} rows the checkpoint counts; the branch's "
+                          "metrics.csv starts with those only", file=sys.stderr)
                 run_dir.truncate(0)
-                run_dir.copy_rows(read_metrics_rows(source_csv)[:latest["csv_rows"]])
+                run_dir.copy_rows(history)
             else:
                 run_dir.truncate(latest["csv_rows"])
             start_epoch, resume_meta = latest["epoch"], {**latest, "env_state": env_state}

@@ -339,7 +339,7 @@ def read_metrics_rows(path: str) -> List[Dict[str, str]]:
     if not os.path.exists(path):
         return []
     with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+        return list(csv.DictReader(f, restval=""))
 
 
 def read_metrics_csv(path: str) -> Dict[str, np.ndarray]:

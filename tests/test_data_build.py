@@ -271,3 +271,39 @@ def test_a_checkpoint_of_other_settings_is_not_resumed(tmp_path, monkeypatch):
     recipes._save_progress_checkpoint(pdir, agent, 200, True, [], cfg, b, b.target("hopper"))
     assert recipes._progress_checkpoint("hopper", cfg, b, b.target("hopper"), False,
                                         logs.append) is None
+
+
+def test_resumed_run_that_never_reaches_the_target_still_gives_a_medium_policy(
+        tmp_path, monkeypatch):
+    """A medium build whose target is never reached uses the final policy (and the whole
+    run as medium-replay): also when it was interrupted and resumed before any medium point.
+    Checkpoints fall on the first chunk boundary at or after each multiple of
+    checkpoint_every (150 with chunks of 100: 200, 300, 500 in a 600-step run)."""
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    b = recipes.make_budget(**{**TINY, "train_steps": 600, "checkpoint_every": 150,
+                               "target_return": 1e9})
+    real_save = recipes._save_progress_checkpoint
+    steps = []
+
+    class Killed(Exception):
+        pass
+
+    def save_then_maybe_die(pdir, agent, step, *args):
+        real_save(pdir, agent, step, *args)
+        steps.append(step)
+        if step == 300:
+            raise Killed
+    monkeypatch.setattr(recipes, "_save_progress_checkpoint", save_then_maybe_die)
+    with pytest.raises(Killed):
+        recipes.build("hopper", "medium", b, log=lambda s: None)
+    assert steps == [200, 300]
+    pdir = recipes.policy_dir("hopper", 0)
+    assert not json.loads((pdir / "in_progress.json").read_text())["medium_reached"]
+    logs = []
+    recipes.build("hopper", "medium", b, log=logs.append)
+    assert steps == [200, 300, 500]
+    info = json.loads((pdir / "medium.json").read_text())
+    assert info["env_steps"] == 600 and not info["target_reached"]
+    replay = loader.load("o2o/hopper/medium-replay-v0", "hopper")
+    assert replay.num_transitions == 600          # the whole run, both sessions
+    assert any("resuming the interrupted run from its checkpoint at 300" in s for s in logs)

@@ -177,6 +177,68 @@ def test_branch_from_an_online_checkpoint(reference_run, tmp_path):
     with pytest.raises(checkpoints.CheckpointError, match="starts from an online one"):
         pipeline.run(tiny_config(tmp_path, "off", **{"online.branch_from": offline[0]}))
     assert not os.path.exists(os.path.join(tmp_path, "n3"))
+    # A setting that acts only when the online phase starts would change nothing here.
+    with pytest.raises(checkpoints.CheckpointError, match="init_online_fraction"):
+        pipeline.run(tiny_config(tmp_path, "f", **{"online.branch_from": src,
+                                                   "online.init_online_fraction": 0.1}))
+
+
+def test_a_branch_resumes_from_its_own_checkpoints(reference_run, tmp_path, monkeypatch):
+    """Killed after its first own checkpoint, a branch resumes from it even when the
+    source checkpoint is gone, and ends as the source run did."""
+    import shutil
+    ref, ref_dir = reference_run
+    ckpts = pipeline.CheckpointManager(os.path.join(ref_dir, "checkpoints"), 2,
+                                       None).complete()
+    src = [p for p in ckpts if checkpoints.read_meta(p)["phase"] == "online"
+           and checkpoints.read_meta(p)["epoch"] == 1][0]   # the branch saves at epoch 2
+    copy = os.path.join(tmp_path, "source", "checkpoints", os.path.basename(src))
+    shutil.copytree(src, copy)
+    shutil.copy(os.path.join(ref_dir, "metrics.csv"), os.path.join(tmp_path, "source"))
+    original = pipeline.CheckpointManager.save
+
+    def save_then_die(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        raise Interrupt()
+    monkeypatch.setattr(pipeline.CheckpointManager, "save", save_then_die)
+    cfg = lambda: tiny_config(tmp_path, "b", **{"online.branch_from": copy,
+                                                 "online.epochs": 3})
+    with pytest.raises(Interrupt):
+        pipeline.run(cfg())
+    monkeypatch.setattr(pipeline.CheckpointManager, "save", original)
+    shutil.rmtree(copy)
+    resumed = pipeline.run(cfg())
+    assert resumed["final"]["per_seed_return"] == ref["final"]["per_seed_return"]
+    assert numeric_rows(read_rows(os.path.join(tmp_path, "b"))) == numeric_rows(
+        read_rows(ref_dir))
+
+
+def test_epoch_maximum_spans_the_first_epochs_calls(minari_root, tmp_path, monkeypatch):
+    """The first online epoch runs `first_epoch_multiplier` compiled calls: its row's
+    critic_loss is their mean and critic_loss_max their largest (recorded per call)."""
+    from o2o_jax import online
+    calls = []
+    real = online.make_train_epoch
+
+    def recording(*args, **kwargs):
+        fn = real(*args, **kwargs)
+
+        def wrapped(*a):
+            state, info = fn(*a)
+            calls.append({k: np.asarray(v) for k, v in info.items()})
+            return state, info
+        return wrapped
+    monkeypatch.setattr(online, "make_train_epoch", recording)
+    pipeline.run(tiny_config(tmp_path, "m", **{"online.epochs": 1,
+                                               "online.first_epoch_multiplier": 3}))
+    assert len(calls) == 3
+    row = [r for r in read_rows(os.path.join(tmp_path, "m"))
+           if r["phase"] == "online" and r["critic_loss"]][0]
+    per_call_max = [float(c["critic_loss_max"][0]) for c in calls]
+    per_call_mean = [float(c["critic_loss"][0]) for c in calls]
+    np.testing.assert_allclose(float(row["critic_loss_max"]), max(per_call_max), rtol=1e-6)
+    np.testing.assert_allclose(float(row["critic_loss"]), np.mean(per_call_mean), rtol=1e-5)
+    assert len(set(per_call_max)) > 1       # the calls differ, so max != mean is tested
 
 
 @pytest.mark.parametrize("stop_after", [1, 2])   # 1: offline phase; 2: online phase

@@ -304,6 +304,8 @@ def train_sac(env_name: str, cfg, *, train_steps: int, target_return: float,
     medium = medium_replay = None
     history: List[Tuple[int, float]] = []
     next_eval = (step // eval_every + 1) * eval_every
+    next_checkpoint = ((step // checkpoint_every + 1) * checkpoint_every
+                       if checkpoint_every > 0 else 0)
     progress = Progress(label, train_steps, "env steps", log=log, initial=step,
                         stops_early=(f"at the medium point (eval return >= "
                                      f"{target_return:.1f})"
@@ -357,7 +359,8 @@ def train_sac(env_name: str, cfg, *, train_steps: int, target_return: float,
                     if stop_at_target:
                         break
             if (checkpoint_every > 0 and on_checkpoint is not None and step < train_steps
-                    and step % checkpoint_every == 0):
+                    and step >= next_checkpoint):
+                next_checkpoint = (step // checkpoint_every + 1) * checkpoint_every
                 on_checkpoint(agent, step, medium_reached, rec.snapshot())
             extra = f"eval return {last_eval:.1f}" if history else "no eval yet"
             if not medium_reached:

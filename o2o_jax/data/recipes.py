@@ -429,10 +429,13 @@ def _run_sac(env_name: str, b: Budget, *, to_expert: bool, force_replay: bool,
         eval_episodes=b.eval_episodes, resume=resume, on_medium=on_medium, log=log,
         resume_medium_reached=resume_medium_reached, checkpoint_every=b.checkpoint_every,
         on_checkpoint=on_checkpoint, label=f"{env_name} SAC")
-    if run.medium is None and resume is None and to_expert:
+    # A run that had not passed its medium point when it began (fresh, or resumed from a
+    # checkpoint before it) and never reached the target.
+    fresh = resume is None or not resume_medium_reached
+    if run.medium is None and fresh and to_expert:
         log(f"[SAC] WARNING: eval return never reached the medium target {target:.1f}; "
             "no medium policy or medium-replay data came out of this run.")
-    elif run.medium is None and resume is None:
+    elif run.medium is None and fresh:
         log(f"[SAC] WARNING: eval return never reached the target {target:.1f} in "
             f"{b.train_steps:,} env steps (last {run.final.eval_return:.1f}); using the "
             "final policy as the medium policy and the whole run as medium-replay. Raise "
@@ -502,6 +505,11 @@ def _progress_checkpoint(env_name: str, cfg, b: Budget, target: float, to_expert
         return None
     step = int(record["env_steps"])
     if step >= b.train_steps or (record["medium_reached"] and not to_expert):
+        why = (f"its {step:,} env steps are not below this build's --train_steps="
+               f"{b.train_steps:,}" if step >= b.train_steps else
+               "it is past the medium point and this build needs the run up to it")
+        log(f"[SAC] not resuming the checkpoint in {pdir} ({why}); a new run starts and "
+            "replaces it")
         return None
     template = ac.create(jax.random.PRNGKey(0), *envs.env_dims(env_name), cfg)
     agent = behavior.load_agent(agent_path, template)
