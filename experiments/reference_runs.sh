@@ -49,7 +49,7 @@ fi
 if [ "$WHAT" = all ] || [ "$WHAT" = ucb ]; then
   # The rerun's own exploration (each member proposes, UCB lambda = 100 picks) for the
   # whole 250 epochs, one online seed per run (~2 h each on a 2-core CPU).
-  for seed in 0 1; do   # seed 1 is in RESULTS.md (2026-12-02); seed 0 comes first
+  for seed in 0 1; do   # both in RESULTS.md (2026-12-02)
     train "off2on_ucb100_seed${seed}_e250" "$MEMBERS_DATA" --config.seed="$seed" \
         --config.online.explore_ucb_lambda=100 --config.online.load_offline_from="$OUT/members5"
   done
