@@ -2,6 +2,7 @@
 
   python -m experiments.plot RUN_DIR [RUN_DIR ...] [--out=DIR] [--metric=normalized_score]
                              [--band=ci|minmax|none] [--analysis=offline_fraction,q_auroc]
+                             [--log_scale=critic_loss,critic_loss_max]
 
 Writes, one line per run (mean over its seeds, with a shaded band across seeds):
   online_<metric>.png      the metric vs online env steps
@@ -10,7 +11,9 @@ Writes, one line per run (mean over its seeds, with a shaded band across seeds):
                            online from offline samples)
   offline_<metric>.png     the metric vs offline gradient step, when runs have offline evals
 and prints the paths written. The default --out is RUN_DIR/plots for one run, ./plots for
-several. Online analysis rows are logged at the env_steps of the epoch's start (the row
+several. Metrics named in --log_scale get a logarithmic y axis (a loss that grows by orders
+of magnitude, e.g. a critic divergence), or a symmetric-log one when some of their values
+are not positive. Online analysis rows are logged at the env_steps of the epoch's start (the row
 holds the evaluation made there and the statistics of that epoch's collection/training).
 
 The drawing helpers (`draw_curves`, `curve_band`) draw on a given Axes and are reused by
@@ -104,8 +107,16 @@ def band_description(band: str, confidence: float, max_seeds: int = 2) -> str:
             "minmax": "mean over seeds, min-max", "none": "mean over seeds"}[band]
 
 
+def y_scale(curves: Sequence[Curve]) -> str:
+    """The y scale of a --log_scale figure: 'log' when every finite value of the curves is
+    positive, else 'symlog'."""
+    values = np.concatenate([np.ravel(np.asarray(ys, float)) for _, _, ys in curves])
+    values = values[np.isfinite(values)]
+    return "log" if values.size and (values > 0).all() else "symlog"
+
+
 def _figure(curves: List[Curve], path: str, band: str, confidence: float, xlabel: str,
-            metric: str, title: str, dpi: int) -> str:
+            metric: str, title: str, dpi: int, log: bool = False) -> str:
     from matplotlib.figure import Figure   # no pyplot: no global backend/state changes
     fig = Figure(figsize=(6.4, 4.2), layout="constrained")
     ax = fig.add_subplot()
@@ -116,6 +127,8 @@ def _figure(curves: List[Curve], path: str, band: str, confidence: float, xlabel
         ax.axhline(0.5, color="gray", linestyle=":", linewidth=1)
     if metric == "offline_fraction":
         ax.set_ylim(-0.02, 1.02)
+    if log:
+        ax.set_yscale(y_scale(curves))
     fig.savefig(path, dpi=dpi)
     return path
 
@@ -128,8 +141,10 @@ def _curves(runs, labels, metric: str, phase: str) -> List[Curve]:
 def make_plots(runs: Sequence[rundir.Run], out_dir: str, metric: str = "normalized_score",
                analysis: Sequence[str] = DEFAULT_ANALYSIS, band: str = "ci",
                confidence: float = 0.95, dpi: int = 120,
-               labels: Optional[Sequence[str]] = None) -> List[str]:
-    """Draw every figure that some run has data for; returns the PNG paths written."""
+               labels: Optional[Sequence[str]] = None,
+               log_scale: Sequence[str] = ()) -> List[str]:
+    """Draw every figure that some run has data for; returns the PNG paths written.
+    Metrics in `log_scale` get a log (or, with values <= 0, symmetric-log) y axis."""
     os.makedirs(out_dir, exist_ok=True)
     labels = list(labels) if labels is not None else rundir.run_labels(runs)
     written = []
@@ -146,7 +161,7 @@ def make_plots(runs: Sequence[rundir.Run], out_dir: str, metric: str = "normaliz
                   file=sys.stderr)
             continue
         written.append(_figure(curves, os.path.join(out_dir, filename), band, confidence,
-                               xlabel, m, title, dpi))
+                               xlabel, m, title, dpi, log=m in log_scale))
     return written
 
 
@@ -165,6 +180,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--confidence", type=float, default=0.95)
     p.add_argument("--analysis", default=",".join(DEFAULT_ANALYSIS),
                    help="comma-separated analysis metrics, one PNG each ('' for none)")
+    p.add_argument("--log_scale", default="",
+                   help="comma-separated metrics drawn on a log y axis (symmetric-log where "
+                        "some values are <= 0), e.g. critic_loss,critic_loss_max")
     p.add_argument("--dpi", type=int, default=120)
     p.add_argument("--verbose", action="store_true", help="on an error, also print the "
                    "traceback")
@@ -183,7 +201,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         written = make_plots(runs, out, args.metric, analysis, args.band, args.confidence,
-                             args.dpi)
+                             args.dpi, log_scale=[m for m in args.log_scale.split(",") if m])
     if not written:
         print(f"error: none of the runs has any {args.metric!r} values to plot",
               file=sys.stderr)

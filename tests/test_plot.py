@@ -250,3 +250,31 @@ def test_notebook_executes_with_no_runs(kernel_name, monkeypatch, tmp_path):
     text, pngs, _ = _execute_notebook(kernel_name, str(tmp_path / "nothing" / "*"), monkeypatch)
     assert "0 run(s)" in text and "no runs" in text
     assert not pngs
+
+
+def test_log_scale_axes(run_dirs, tmp_path, monkeypatch):
+    """--log_scale: the named metrics' figures get a log y axis (symlog when a value is not
+    positive), the others stay linear."""
+    from matplotlib.figure import Figure
+    from experiments import plot
+    scales = {}
+    save = Figure.savefig
+
+    def record(fig, path, *args, **kw):
+        scales[os.path.basename(str(path))] = fig.axes[0].get_yscale()
+        return save(fig, path, *args, **kw)
+
+    monkeypatch.setattr(Figure, "savefig", record)
+    # Online critic_loss is 1.0 and offline_fraction 0.5 - 0.1 epoch + 0.01 seed >= 0.2
+    # (epochs 0-3): all positive, so "log"; q_auroc is not named: linear.
+    rc = plot.main([run_dirs["balanced5"], f"--out={tmp_path}",
+                    "--analysis=critic_loss,q_auroc,offline_fraction",
+                    "--log_scale=critic_loss,offline_fraction"])
+    assert rc == 0
+    assert scales["critic_loss.png"] == "log"
+    assert scales["q_auroc.png"] == "linear"
+    assert scales["online_normalized_score.png"] == "linear"
+    assert scales["offline_fraction.png"] == "log"
+    curves = [("a", np.arange(3.0), np.array([[1.0, 0.0, 2.0]]))]
+    assert plot.y_scale(curves) == "symlog"
+    assert plot.y_scale([("a", np.arange(2.0), np.array([[1.0, np.nan]]))]) == "log"
