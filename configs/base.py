@@ -113,6 +113,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Another run's online checkpoint (<run>/checkpoints/<n>): start this run there (its
     # state, keys, env and metrics so far) with this config, e.g. to test a changed
     # setting from the same point (no pretraining: the members are in the checkpoint).
-    # Its env, seeds, networks, replay mode and online size must match.
+    # Its env, seeds, networks, replay mode and online size must match; the algo may change
+    # to one with the same online state (e.g. off2on -> upq, another target).
     c.online.branch_from = ""
     return c

@@ -200,8 +200,10 @@ class CheckpointManager:
 
 
 # What a branch (`online.branch_from`) must share with the run it starts from: the state's
-# structure, the seeds' streams and the replayed data depend on these ...
-BRANCH_KEYS = ("algo", "env", "seed", "num_seeds", "shard_seeds", "dataset.id",
+# structure, the seeds' streams and the replayed data depend on these ... (`algo` may
+# change, to a method whose online state has the same structure, i.e. one that changes
+# only the update: the restore checks it, `branch_state_mismatch` names it.)
+BRANCH_KEYS = ("env", "seed", "num_seeds", "shard_seeds", "dataset.id",
                "dataset.kind", "agent.num_members", "agent.hidden_dims", "agent.activation",
                "agent.actor_layer_norm", "agent.critic_layer_norm", "online.replay",
                "online.epochs", "online.env_steps_per_epoch", "online.dr_hidden_dims")
@@ -211,6 +213,18 @@ BRANCH_START_ONLY_KEYS = ("online.first_epoch_multiplier", "online.seed_fraction
                           "online.seed_min", "online.init_online_fraction",
                           "online.reset_temperature", "online.init_temperature",
                           "online.fresh_optimizers")
+
+
+def branch_state_mismatch(source_algo: str, algo: str, error: Exception) -> CheckpointError:
+    """The error of a branch whose online state could not be restored: named as an algo
+    change when it is one."""
+    if source_algo and source_algo != algo:
+        return CheckpointError(
+            f"online.branch_from: the source run's online state (algo {source_algo!r}) does "
+            f"not fit algo {algo!r}'s. A branch may change the algo only to a method with the "
+            "same online state, one that changes only the update (e.g. a different target "
+            f"or loss); start a new run from the members for {algo!r} instead ({error})")
+    return error if isinstance(error, CheckpointError) else CheckpointError(str(error))
 
 
 def branch_source(cfg) -> dict:

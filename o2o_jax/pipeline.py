@@ -204,8 +204,14 @@ def _run(cfg, run_dir: RunDir, ckpt: CheckpointManager, latest, dataset, obs_dim
         start_epoch, resume_meta = 0, None
         if phase == "online":
             template = {"state": state, "key": k_loop}
-            restored = (checkpoints.restore(latest["path"], template) if latest.get("branch")
-                        else ckpt.restore(latest, template))
+            if latest.get("branch"):
+                try:
+                    restored = checkpoints.restore(latest["path"], template)
+                except checkpoints.CheckpointError as e:
+                    raise checkpoints.branch_state_mismatch(
+                        latest.get("config", {}).get("algo", ""), cfg.algo, e) from e
+            else:
+                restored = ckpt.restore(latest, template)
             state, k_loop = restored["state"], restored["key"]
             env_state = read_env_state(latest["path"])
             # Only once everything is restored: a failed resume must lose no row.

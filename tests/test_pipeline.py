@@ -169,6 +169,20 @@ def test_branch_from_an_online_checkpoint(reference_run, tmp_path):
     assert after and any(a != b for a, b in after)
     assert np.isfinite(changed["final"]["per_seed_return"][0])
 
+    # The algo may change to one with the same online state (UPQ: Off2OnRL's state, its
+    # own target); to one with another state it is refused by name.
+    upq = pipeline.run(tiny_config(tmp_path, "upq", **{"online.branch_from": src,
+                                                       "algo": "upq", "upq.beta": 0.5}))
+    rows = read_rows(os.path.join(tmp_path, "upq"))
+    assert numeric_rows(rows[:cut]) == numeric_rows(ref_rows[:cut])
+    after = [(r["critic_loss"], ref_r["critic_loss"]) for r, ref_r in
+             zip(rows[cut:], ref_rows[cut:]) if r["critic_loss"]]
+    assert after and all(a != b for a, b in after)
+    assert np.isfinite(upq["final"]["per_seed_return"][0])
+    with pytest.raises(checkpoints.CheckpointError, match="does not fit algo 'td3_bc'"):
+        pipeline.run(tiny_config(tmp_path, "td3bc", **{"online.branch_from": src,
+                                                       "algo": "td3_bc"}))
+
     with pytest.raises(checkpoints.CheckpointError, match="agent.num_members"):
         pipeline.run(tiny_config(tmp_path, "n3", **{"online.branch_from": src,
                                                     "agent.num_members": 3}))
