@@ -4,7 +4,10 @@
 # at epochs 88-120. (1) Rerun it with a checkpoint every 5 epochs, kept, to epoch STOP
 # (is it reproducible: the same rows as the first run?); (2) branch from the checkpoint at
 # epoch FROM with one setting changed each, for BRANCH_EPOCHS epochs: which change stops the
-# divergence? Heavy (~20 s an epoch on a 2-core CPU): one job at a time, in the background.
+# divergence? (3) `python -m experiments.td_errors $OUT/rerun` says where the TD error
+# sits at each kept checkpoint (per member; online vs offline; how concentrated). Heavy
+# (~20 s an epoch on a 2-core CPU): one job at a time, in the background; a finished part
+# is skipped when the script runs again.
 #
 #   MEMBERS=<imported members dir> OUT=runs/collapse [FROM=75 STOP=95 BRANCH_EPOCHS=20] \
 #       bash experiments/collapse_control.sh [rerun|branches]
@@ -20,16 +23,21 @@ COMMON=(--config=configs/halfcheetah_medium.py:reference --config.run_dir="$OUT"
         --config.online.explore_ucb_lambda=100 --config.online.load_offline_from="$MEMBERS"
         --config.checkpoint.every_online_epochs=5 --config.checkpoint.keep=60)
 
-until_epoch() {   # until_epoch <run dir> <epoch> <command...>: run until the epoch's row
-  local dir=$1 stop=$2; shift 2
-  "$@" & local pid=$!
-  while kill -0 "$pid" 2>/dev/null; do
-    sleep 10
-    if [ -f "$dir/metrics.csv" ] && python - "$dir/metrics.csv" "$stop" <<'PY'
+reached() {   # reached <run dir> <epoch>: its metrics have the epoch's online row
+  [ -f "$1/metrics.csv" ] && python - "$1/metrics.csv" "$2" <<'PY'
 import csv, sys
 rows = [r for r in csv.DictReader(open(sys.argv[1])) if r["phase"] == "online"]
 sys.exit(0 if rows and float(rows[-1]["epoch"]) >= float(sys.argv[2]) else 1)
 PY
+}
+
+until_epoch() {   # until_epoch <run dir> <epoch> <command...>: run until the epoch's row
+  local dir=$1 stop=$2; shift 2
+  if reached "$dir" "$stop"; then echo "done: $dir (epoch $stop)"; return; fi
+  "$@" & local pid=$!
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 10
+    if reached "$dir" "$stop"
     then kill "$pid"; wait "$pid" || true; echo "stopped $dir at epoch $stop"; return; fi
   done
   wait "$pid"   # it ended by itself: its status (a crash stops the script under set -e)
@@ -51,10 +59,15 @@ PY
 )
   [ -n "$src" ] || { echo "no online checkpoint at epoch $FROM under $OUT/rerun" >&2; exit 2; }
   end=$((FROM + BRANCH_EPOCHS))
-  # name: the one setting changed
+  # name: the one setting changed. (flat_priorities: T = 1e6 makes w^(1/T) ~ 1 for w > 0,
+  # but the density-ratio net's ReLU output gives w = 0 exactly to many items, which stay
+  # at the clip floor 1e-3: two-level priorities, not uniform replay. upq_*: Off2OnRL's
+  # state with UPQ's target, a penalty on the members' disagreement.)
   for spec in "flat_priorities --config.online.priority_temperature=1000000" \
               "one_sample_exploration --config.online.explore_ucb_lambda=0" \
-              "critic_lr_1e-4 --config.online.critic_lr=0.0001"; do
+              "critic_lr_1e-4 --config.online.critic_lr=0.0001" \
+              "upq_beta0.1 --config.algo=upq --config.upq.beta=0.1" \
+              "upq_beta0.01 --config.algo=upq --config.upq.beta=0.01"; do
     set -- $spec
     name=$1; shift
     until_epoch "$OUT/$name" "$end" python -m experiments.train "${COMMON[@]}" \
