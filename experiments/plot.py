@@ -125,10 +125,10 @@ def _figure(curves: List[Curve], path: str, band: str, confidence: float, xlabel
                 title=f"{title}\n({band_description(band, confidence, max_seeds)})")
     if metric == "q_auroc":
         ax.axhline(0.5, color="gray", linestyle=":", linewidth=1)
-    if metric == "offline_fraction":
-        ax.set_ylim(-0.02, 1.02)
-    if log:
+    if log:   # (no fixed linear limits then: they would hide a log axis's curves)
         ax.set_yscale(y_scale(curves))
+    elif metric == "offline_fraction":
+        ax.set_ylim(-0.02, 1.02)
     fig.savefig(path, dpi=dpi)
     return path
 

@@ -11,19 +11,22 @@ minus alpha log pi_E; one a' per transition, drawn with a fixed key), and the le
 replay priority. Reported per member:
 
   loss_expected  sum over twins of the priority-weighted mean squared TD error: what that
-                 member adds to an update's `critic_loss` on average under the replay's
-                 sampling (the members' sum is the expected `critic_loss` of the next
-                 update; beside it, the logged epoch mean)
+                 member adds to `critic_loss` on average under the replay's sampling
+                 distribution as it stands at the checkpoint (the next epoch's updates
+                 also sample the 1,000-odd transitions it collects first, which enter at
+                 the running max priority and are not in the checkpoint; the logged epoch
+                 mean is printed beside it for comparison, not as a check)
   online_share   the share of loss_expected from online transitions (the rest: offline)
   top_0.1%       the share of loss_expected from the 0.1% of leaves with the largest
-                 priority x squared error (how few transitions carry the loss)
+                 priority x squared error (how few transitions carry the loss); only with
+                 every leaf evaluated (--offline_stride=1), else empty
   sq_max         the largest squared TD error of any leaf (either twin)
 
 A divergence that starts in a few transitions shows a large top share; one member running
 away shows in its row alone. The TD error is the SAC backup's: for a method with its own
 target (e.g. a penalised or a max backup) it is not that method's training loss. With
 `--offline_stride=k` only every k-th offline leaf is evaluated and counted k times (an
-unbiased estimate of the offline part, k times cheaper).
+estimate of the offline part, k times cheaper; the total priority mass stays exact).
 """
 import argparse
 import glob
@@ -50,14 +53,18 @@ def squared_td_errors(agent, batch, key):
 
 
 def summarize(sq: np.ndarray, priorities: np.ndarray, online: np.ndarray,
-              counts: Optional[np.ndarray] = None, top: float = TOP_SHARE) -> List[Dict]:
+              counts: Optional[np.ndarray] = None, top: float = TOP_SHARE,
+              total_mass: Optional[float] = None) -> List[Dict]:
     """Per-member rows from squared errors `sq` [N, T, L] (members, twins, leaves), leaf
     `priorities` [L], `online` [L] (bool) and `counts` [L] (how many leaves each evaluated
-    one stands for; 1 by default). See the module docstring for the columns."""
+    one stands for; 1 by default; with counts the top share is not defined: NaN).
+    `total_mass`: the replay's whole priority mass (default: that of the leaves given).
+    See the module docstring for the columns."""
     sq = np.asarray(sq, np.float64)
     p = np.asarray(priorities, np.float64) * (1.0 if counts is None else np.asarray(counts))
     online = np.asarray(online, bool)
-    weight = p / p.sum()                           # the replay's sampling distribution
+    sampled = counts is None or bool(np.all(np.asarray(counts) == 1))
+    weight = p / (p.sum() if total_mass is None else total_mass)   # the sampling distribution
     rows = []
     for i in range(sq.shape[0]):
         per_leaf = weight * sq[i].sum(axis=0)      # [L]: this member's expected loss parts
@@ -66,7 +73,7 @@ def summarize(sq: np.ndarray, priorities: np.ndarray, online: np.ndarray,
         largest = np.partition(per_leaf, per_leaf.size - k)[-k:]
         rows.append({"member": i, "loss_expected": total,
                      "online_share": per_leaf[online].sum() / total,
-                     "top_share": largest.sum() / total,
+                     "top_share": largest.sum() / total if sampled else float("nan"),
                      "sq_max": float(sq[i].max())})
     return rows
 
@@ -128,10 +135,14 @@ def measure(run_dir: str, ckpt: str, seed_index: int = 0, offline_stride: int = 
         dataset = pipeline.load_dataset(cfg, obs_dim, act_dim)
     offline = {k: np.asarray(dataset.arrays[k], np.float32) for k in TRANSITION_KEYS}
     m = offline["rewards"].shape[0]
+    capacity = int(np.asarray(replay["online"]["data"]["rewards"]).shape[0])
+    p2 = np.asarray(replay["tree"]["nodes"]).shape[0] // 2
+    if p2 != 1 << max(0, (m + capacity - 1).bit_length()):
+        raise ValueError(f"{ckpt}: the replay's sum tree has {p2} leaf slots, which does not "
+                         f"fit {m} offline transitions + {capacity} online slots; is the "
+                         f"dataset ({m} transitions) the run's?")
     prio = leaf_priorities(replay, m)
-    if prio.shape[0] < m:
-        raise ValueError(f"{ckpt}: the replay has {prio.shape[0]} leaves but the dataset "
-                         f"{m} transitions; is this the run's dataset?")
+    total_mass = float(np.sum(prio, dtype=np.float64))
     size = prio.shape[0] - m
     on = {k: np.asarray(replay["online"]["data"][k])[:size] for k in TRANSITION_KEYS}
     off_idx = np.arange(0, m, offline_stride)
@@ -152,8 +163,10 @@ def measure(run_dir: str, ckpt: str, seed_index: int = 0, offline_stride: int = 
     sq = np.concatenate(parts, axis=-1)
     if sq.ndim == 2:                                   # a single agent: one "member"
         sq = sq[None]
-    rows = summarize(sq, prio, online, counts)
-    meta = {"offline": m, "online": size, "alpha": float(np.asarray(agent.alpha)),
+    rows = summarize(sq, prio, online, None if offline_stride == 1 else counts,
+                     total_mass=total_mass)
+    meta = {"offline": m, "online": size, "offline_stride": offline_stride,
+            "alpha": float(np.asarray(agent.alpha)),
             "offline_priority_share": float((prio * counts)[~online].sum()
                                             / (prio * counts).sum())}
     return rows, meta
@@ -220,7 +233,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         total = sum(r["loss_expected"] for r in rows)
         print(f"epoch {epoch} ({found[epoch]}): {meta['offline']} offline + {meta['online']} "
               f"online leaves, alpha {meta['alpha']:.3f}, offline share of the priority mass "
-              f"{meta['offline_priority_share']:.3f}; expected critic_loss {total:.1f}"
+              f"{meta['offline_priority_share']:.3f}; critic_loss under the checkpoint's "
+              f"sampling {total:.1f}"
               + (f" (logged mean of epoch {epoch}: {logged:.1f})" if logged is not None
                  else ""))
         print(f"  {'member':>6} {'loss_expected':>14} {'online_share':>12} "

@@ -221,9 +221,11 @@ def branch_state_mismatch(source_algo: str, algo: str, error: Exception) -> Chec
     if source_algo and source_algo != algo:
         return CheckpointError(
             f"online.branch_from: the source run's online state (algo {source_algo!r}) does "
-            f"not fit algo {algo!r}'s. A branch may change the algo only to a method with the "
-            "same online state, one that changes only the update (e.g. a different target "
-            f"or loss); start a new run from the members for {algo!r} instead ({error})")
+            f"not fit the online state of algo {algo!r} (the restore failed: "
+            f"{type(error.__cause__ or error).__name__}). A branch may change the algo only "
+            "to a method with the same online state, one that changes only the update (e.g. "
+            f"a different target or loss); start a new run from the members for {algo!r} "
+            "instead. The source checkpoint is fine: keep it")
     return error if isinstance(error, CheckpointError) else CheckpointError(str(error))
 
 

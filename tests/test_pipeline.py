@@ -179,7 +179,7 @@ def test_branch_from_an_online_checkpoint(reference_run, tmp_path):
              zip(rows[cut:], ref_rows[cut:]) if r["critic_loss"]]
     assert after and all(a != b for a, b in after)
     assert np.isfinite(upq["final"]["per_seed_return"][0])
-    with pytest.raises(checkpoints.CheckpointError, match="does not fit algo 'td3_bc'"):
+    with pytest.raises(checkpoints.CheckpointError, match="does not fit the online state of algo 'td3_bc'"):
         pipeline.run(tiny_config(tmp_path, "td3bc", **{"online.branch_from": src,
                                                        "algo": "td3_bc"}))
 

@@ -257,11 +257,12 @@ def test_log_scale_axes(run_dirs, tmp_path, monkeypatch):
     positive), the others stay linear."""
     from matplotlib.figure import Figure
     from experiments import plot
-    scales = {}
+    scales, lows = {}, {}
     save = Figure.savefig
 
     def record(fig, path, *args, **kw):
         scales[os.path.basename(str(path))] = fig.axes[0].get_yscale()
+        lows[os.path.basename(str(path))] = fig.axes[0].get_ylim()[0]
         return save(fig, path, *args, **kw)
 
     monkeypatch.setattr(Figure, "savefig", record)
@@ -275,6 +276,7 @@ def test_log_scale_axes(run_dirs, tmp_path, monkeypatch):
     assert scales["q_auroc.png"] == "linear"
     assert scales["online_normalized_score.png"] == "linear"
     assert scales["offline_fraction.png"] == "log"
+    assert lows["offline_fraction.png"] > 0     # not the linear figure's fixed -0.02
     curves = [("a", np.arange(3.0), np.array([[1.0, 0.0, 2.0]]))]
     assert plot.y_scale(curves) == "symlog"
     assert plot.y_scale([("a", np.arange(2.0), np.array([[1.0, np.nan]]))]) == "log"

@@ -40,12 +40,34 @@ def test_summary_by_hand():
     assert row["loss_expected"] == pytest.approx(parts.sum())        # (2+2+4+64)/12 = 6
     assert row["loss_expected"] == pytest.approx(6.0)
     assert row["online_share"] == pytest.approx(64 / 72)
-    assert row["top_share"] == pytest.approx(64 / 72)   # the one largest leaf of four
+    assert np.isnan(row["top_share"])                  # not defined with counts
     assert row["sq_max"] == 8.0
+    # Every leaf evaluated: the top share; and the exact total mass when given.
+    (row,) = td_errors.summarize(sq, prio, online, top=0.25)
+    parts = np.array([1.0, 1.0, 2.0, 4.0]) / 8.0 * np.array([2.0, 2.0, 2.0, 8.0])
+    assert row["top_share"] == pytest.approx(parts[3] / parts.sum())   # 1 largest of 4
+    (half,) = td_errors.summarize(sq, prio, online, top=0.25, total_mass=16.0)
+    assert half["loss_expected"] == pytest.approx(row["loss_expected"] / 2)
     # Two members: each row sees only its own errors.
-    rows = td_errors.summarize(np.concatenate([sq, 2 * sq]), prio, online, counts, top=0.5)
+    rows = td_errors.summarize(np.concatenate([sq, 2 * sq]), prio, online, top=0.5)
     assert rows[1]["loss_expected"] == pytest.approx(2 * rows[0]["loss_expected"])
-    assert rows[0]["top_share"] == pytest.approx((64 + 4) / 72)
+    assert rows[0]["top_share"] == pytest.approx((parts[3] + parts[2]) / parts.sum())
+
+
+def test_leaf_priorities_are_the_sum_tree_leaves():
+    """Raw tree nodes -> the M offline leaves and the valid online slots, in leaf order,
+    as sum_tree.leaves reads them (also after the online ring wraps)."""
+    from o2o_jax.replay import buffers, sum_tree
+    m, cap = 5, 4
+    example = {k: v[0] for k, v in random_batch(0, 1, OBS, ACT).items()}
+    state = buffers.init(m, cap, example)
+    for n, seed in ((3, 1), (3, 2)):             # 6 added to 4 slots: wraps
+        state = buffers.add_online(state, random_batch(seed, n, OBS, ACT))
+    state = buffers.set_priorities(state, np.arange(m + cap), np.arange(1.0, m + cap + 1))
+    raw = {"tree": {"nodes": np.asarray(state.tree.nodes)},
+           "online": {"size": np.asarray(state.online.size)}}
+    np.testing.assert_array_equal(td_errors.leaf_priorities(raw, m),
+                                  np.asarray(sum_tree.leaves(state.tree)))
 
 
 def test_command_on_a_tiny_run(tmp_path, capsys):
@@ -57,7 +79,7 @@ def test_command_on_a_tiny_run(tmp_path, capsys):
     out = os.path.join(tmp_path, "td.csv")
     assert td_errors.main([run, "--epochs=2", f"--csv={out}"]) == 0
     text = capsys.readouterr().out
-    assert "epoch 2" in text and "expected critic_loss" in text
+    assert "epoch 2" in text and "critic_loss under the checkpoint's sampling" in text
     import csv
     rows = list(csv.DictReader(open(out)))
     assert [int(r["member"]) for r in rows] == [0, 1]   # the tiny run's 2 members
@@ -66,7 +88,20 @@ def test_command_on_a_tiny_run(tmp_path, capsys):
         assert float(r["loss_expected"]) > 0.0
         # 1500 offline transitions; 2 epochs x 40 env steps (+ the seed share) online.
         assert int(r["offline"]) == 1500 and int(r["online"]) >= 80
-    # The stride estimate counts each evaluated offline leaf k times.
-    assert td_errors.main([run, "--epochs=2", "--offline_stride=3"]) == 0
+    # The restored agent carries the checkpoint's critic, not the template's fresh one.
+    import orbax.checkpoint as ocp
+    _, agent, _ = td_errors._restore_agent(run, found[2], 0)
+    raw = ocp.StandardCheckpointer().restore(os.path.join(found[2], "state"))
+    saved = raw["state"]["agent"]["critic"]["params"]
+    for a, b in zip(jax.tree_util.tree_leaves(agent.critic.params),
+                    jax.tree_util.tree_leaves(saved)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b)[0])
+    # The stride estimate counts each evaluated offline leaf k times: close to the whole.
+    out3 = os.path.join(tmp_path, "td3.csv")
+    assert td_errors.main([run, "--epochs=2", "--offline_stride=3", f"--csv={out3}"]) == 0
+    rows3 = list(csv.DictReader(open(out3)))
+    for r, r3 in zip(rows, rows3):
+        assert float(r3["loss_expected"]) == pytest.approx(float(r["loss_expected"]), rel=0.3)
+        assert r3["top_share"] == "nan" and int(r3["offline_stride"]) == 3
     assert td_errors.main([run, "--epochs=7"]) == 2
     assert "no online checkpoint at epoch(s) [7]" in capsys.readouterr().err
