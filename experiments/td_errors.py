@@ -83,12 +83,9 @@ def _restore_agent(run_dir: str, ckpt: str, seed_index: int):
     online checkpoint, the agent built as the run built it and given the saved params."""
     import flax.serialization
     import jax
-    import ml_collections
     import orbax.checkpoint as ocp
     from o2o_jax import algorithm, envs
-    with open(os.path.join(run_dir, "config.json")) as f:
-        cfg_dict = json.load(f)
-    cfg = ml_collections.ConfigDict(cfg_dict)
+    cfg = run_config(run_dir)
     tree = ocp.StandardCheckpointer().restore(os.path.join(ckpt, "state"))
     state = tree.get("state", {})
     if "agent" not in state or "replay" not in state or "tree" not in state["replay"]:
@@ -115,11 +112,24 @@ def _restore_agent(run_dir: str, ckpt: str, seed_index: int):
 
 def leaf_priorities(replay, num_offline: int) -> np.ndarray:
     """The priorities of the M offline leaves and the online ring's valid slots, in leaf
-    order (raw sum-tree nodes: leaves at [P, 2P), P the next power of two)."""
+    order, read by `sum_tree.leaves` from the raw replay state (ValueError when its tree
+    does not fit M offline transitions plus the ring's capacity)."""
+    from o2o_jax.replay import sum_tree
     nodes = np.asarray(replay["tree"]["nodes"])
-    p2 = nodes.shape[0] // 2
-    size = int(replay["online"]["size"])
-    return nodes[p2:p2 + num_offline + size]
+    capacity = int(np.asarray(replay["online"]["data"]["rewards"]).shape[0])
+    tree = sum_tree.SumTreeState(nodes=nodes, capacity=num_offline + capacity)
+    if 2 * tree.num_leaves_pow2 != nodes.shape[0]:
+        raise ValueError(f"the replay's sum tree has {nodes.shape[0] // 2} leaf slots, which "
+                         f"does not fit {num_offline} offline transitions + {capacity} online "
+                         "slots; is the dataset the run's?")
+    return np.asarray(sum_tree.leaves(tree))[:num_offline + int(replay["online"]["size"])]
+
+
+def run_config(run_dir: str):
+    """The run's config (its config.json) as a ConfigDict."""
+    import ml_collections
+    with open(os.path.join(run_dir, "config.json")) as f:
+        return ml_collections.ConfigDict(json.load(f))
 
 
 def measure(run_dir: str, ckpt: str, seed_index: int = 0, offline_stride: int = 1,
@@ -135,13 +145,10 @@ def measure(run_dir: str, ckpt: str, seed_index: int = 0, offline_stride: int = 
         dataset = pipeline.load_dataset(cfg, obs_dim, act_dim)
     offline = {k: np.asarray(dataset.arrays[k], np.float32) for k in TRANSITION_KEYS}
     m = offline["rewards"].shape[0]
-    capacity = int(np.asarray(replay["online"]["data"]["rewards"]).shape[0])
-    p2 = np.asarray(replay["tree"]["nodes"]).shape[0] // 2
-    if p2 != 1 << max(0, (m + capacity - 1).bit_length()):
-        raise ValueError(f"{ckpt}: the replay's sum tree has {p2} leaf slots, which does not "
-                         f"fit {m} offline transitions + {capacity} online slots; is the "
-                         f"dataset ({m} transitions) the run's?")
-    prio = leaf_priorities(replay, m)
+    try:
+        prio = leaf_priorities(replay, m)
+    except ValueError as e:
+        raise ValueError(f"{ckpt}: {e}") from None
     total_mass = float(np.sum(prio, dtype=np.float64))
     size = prio.shape[0] - m
     on = {k: np.asarray(replay["online"]["data"][k])[:size] for k in TRANSITION_KEYS}
@@ -221,11 +228,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     out, dataset = [], None
     for epoch in epochs:
-        if dataset is None:
+        if dataset is None:   # once for all epochs
             from o2o_jax import envs, pipeline
-            import ml_collections
-            with open(os.path.join(args.run_dir, "config.json")) as f:
-                cfg = ml_collections.ConfigDict(json.load(f))
+            cfg = run_config(args.run_dir)
             dataset = pipeline.load_dataset(cfg, *envs.env_dims(cfg.env))
         rows, meta = measure(args.run_dir, found[epoch], args.seed_index,
                              args.offline_stride, dataset=dataset)

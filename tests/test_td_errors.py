@@ -65,9 +65,12 @@ def test_leaf_priorities_are_the_sum_tree_leaves():
         state = buffers.add_online(state, random_batch(seed, n, OBS, ACT))
     state = buffers.set_priorities(state, np.arange(m + cap), np.arange(1.0, m + cap + 1))
     raw = {"tree": {"nodes": np.asarray(state.tree.nodes)},
-           "online": {"size": np.asarray(state.online.size)}}
+           "online": {"size": np.asarray(state.online.size),
+                      "data": {"rewards": np.asarray(state.online.data["rewards"])}}}
     np.testing.assert_array_equal(td_errors.leaf_priorities(raw, m),
                                   np.asarray(sum_tree.leaves(state.tree)))
+    with pytest.raises(ValueError, match="does not fit 13 offline"):   # 13 + 4 > 16 slots
+        td_errors.leaf_priorities(raw, 13)
 
 
 def test_command_on_a_tiny_run(tmp_path, capsys):
