@@ -77,9 +77,13 @@ if [ "$WHAT" = all ] || [ "$WHAT" = controls ]; then
       --config.online.replay=online_only --config.online.load_offline_from="$OUT/members5"
 fi
 if [ "$WHAT" = all ] || [ "$WHAT" = upq ]; then
-  # UPQ (issue 17) from the same members: beta in the seed's table, 100 epochs each.
-  for beta in 0.001 0.01 0.1; do
-    VARIANT=reference,upq train "upq_beta${beta}" "$MEMBERS_DATA" --config.online.epochs=100 \
+  # UPQ (issue 17) from the same members: beta in the seed's table, 100 epochs each, with
+  # the rerun's exploration and seed 0, so that each run differs from
+  # off2on_ucb100_seed0_e250's first 100 epochs in the target alone (UPQ is built on the
+  # authors' Off2OnRL code; beta = 0 is off2on's update exactly, tests/test_upq.py).
+  for beta in 0.1 0.01 0.001; do
+    VARIANT=reference,upq train "upq_ucb100_beta${beta}_seed0" "$MEMBERS_DATA" \
+        --config.seed=0 --config.online.epochs=100 --config.online.explore_ucb_lambda=100 \
         --config.upq.beta="$beta" --config.online.load_offline_from="$OUT/members5"
   done
 fi
@@ -88,7 +92,8 @@ if [ "$WHAT" = all ] || [ "$WHAT" = figure ]; then
   for r in off2on_members_data off2on_our_data off2on_ucb100_seed1_e250 \
            off2on_ucb100_seed0_e250 off2on_ourdata_ucb100_seed0_e250 \
            off2on_ourdata_ucb100_seed1_e250 sac_ft_member0 off2on_ucb100 off2on_uniform \
-           off2on_online_only off2on_n1_member0 upq_beta0.001 upq_beta0.01 upq_beta0.1; do
+           off2on_online_only off2on_n1_member0 upq_ucb100_beta0.1_seed0 upq_ucb100_beta0.01_seed0 \
+           upq_ucb100_beta0.001_seed0; do
     [ -f "$OUT/$r/metrics.csv" ] && { runs+=("$OUT/$r"); labels+=(--label="$r"); }
   done
   python -m experiments.reference_curve --reference="${REFERENCE_CSV:?set REFERENCE_CSV}" \
