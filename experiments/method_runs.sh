@@ -30,8 +30,11 @@ case "$WHAT" in
     for env in hopper halfcheetah; do
       train "configs/${env}_medium.py:td3_bc" "td3bc_${env}_medium_1M" \
           --config.offline.steps=1000000 --config.online.epochs=100
-      train "configs/${env}_medium.py:prft" "prft_${env}_medium_1M" \
-          --config.offline.steps=1000000 --config.online.epochs=100
+      # PR-FT's refinement on those TD3+BC members, then its online phase (no second
+      # 1M TD3+BC pretraining: PR-FT's offline stage is TD3+BC itself).
+      train "configs/${env}_medium.py:prft" "prft_${env}_medium_1M" --config.offline.steps=0 \
+          --config.offline.init_from="$OUT/td3bc_${env}_medium_1M/offline_members" \
+          --config.online.epochs=100
       train "configs/${env}_medium.py:adaptive_bc" "adaptive_bc_${env}_medium_1M" \
           --config.offline.steps=1000000 --config.online.epochs=100
     done ;;

@@ -294,8 +294,10 @@ def members_expect(cfg, obs_dim: int, act_dim: int,
         raise CheckpointError(
             f"members {path!r} were written by {written}, not by algo {cfg.algo!r}: they "
             f"have not been through its '{post.label}' phase, which runs only after "
-            f"pretraining. Pretrain with --config.algo={cfg.algo} and load that run's "
-            "offline_members/, or drop --config.online.load_offline_from")
+            f"pretraining. Run that phase on them with --config.offline.init_from="
+            f"{path} --config.offline.steps=0 (or pretrain on with steps > 0) instead of "
+            "--config.online.load_offline_from, or load the offline_members/ of a run "
+            f"with --config.algo={cfg.algo}")
     return expect
 
 

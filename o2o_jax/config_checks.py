@@ -97,7 +97,10 @@ def check(cfg):
         positive_int(cfg, f"offline.{f}")
     init_from = cfg.offline.get("init_from", "")
     if init_from:
-        _check(cfg.offline.steps > 0, "offline.init_from", init_from,
+        # With no steps it is still a start: a method's phase after pretraining (e.g.
+        # PR-FT's refinement) runs on the members (TD3+BC's, say) as they are.
+        _check(cfg.offline.steps > 0 or algorithm.get(cfg.algo).post_offline is not None,
+               "offline.init_from", init_from,
                "needs offline.steps > 0 (pretraining goes on from these members); to "
                "fine-tune them as they are, use online.load_offline_from instead")
         _check(not cfg.get("online", {}).get("load_offline_from", ""), "offline.init_from",

@@ -206,5 +206,44 @@ def test_post_offline_methods_refuse_members_of_another_algo(minari_root, tmp_pa
     algorithm.get("prft").apply_preset(c2)
     c2.td3.hidden_dims = (8, 8)
     c2.online.load_offline_from = str(tmp_path / "td3bc" / "offline_members")
-    with pytest.raises(checkpoints.CheckpointError, match="policy refinement"):
+    with pytest.raises(checkpoints.CheckpointError, match="offline.init_from"):
         pipeline.run(c2)
+
+
+def test_refinement_runs_on_another_runs_td3_bc_members(minari_root, tmp_path):
+    """offline.init_from with no steps: PR-FT's refinement runs on a TD3+BC run's members
+    as they are (no second TD3+BC pretraining). The saved members keep that run's critics,
+    targets and normaliser exactly (refinement moves the actor only), their actor moved,
+    and the step-0 row scores the loaded members as the source's last evaluation did."""
+    from o2o_jax import checkpoints, pipeline
+    from tests.helpers import read_rows, tiny_config
+    c = tiny_config(tmp_path, "td3bc")
+    algorithm.get("td3_bc").apply_preset(c)
+    c.td3.hidden_dims = (8, 8)
+    c.online.epochs = 0
+    pipeline.run(c)
+    source = str(tmp_path / "td3bc" / "offline_members")
+    c2 = tiny_config(tmp_path, "prft")
+    algorithm.get("prft").apply_preset(c2)
+    c2.td3.hidden_dims = (8, 8)
+    c2.prft.pr_steps = 20
+    c2.online.epochs = 0
+    c2.offline.init_from, c2.offline.steps = source, 0
+    pipeline.run(c2)
+    template = jax.tree_util.tree_map(
+        np.asarray, algorithm.get("td3_bc").create_members(jax.random.PRNGKey(0), 11, 3, c))
+    template = jax.tree_util.tree_map(lambda x: x[None], template)   # [S = 1, N, ...]
+    before = checkpoints.restore(source, template)
+    after = checkpoints.restore(str(tmp_path / "prft" / "offline_members"), template)
+    for name, get in [("critic", lambda m: m.critic.params),
+                      ("target critic", lambda m: m.target_critic_params),
+                      ("target actor", lambda m: m.target_actor_params),
+                      ("normaliser", lambda m: (m.obs_mean, m.obs_std))]:
+        assert _same_tree(get(before), get(after)), name
+    assert not _same_tree(before.actor.params, after.actor.params)
+    rows = read_rows(str(tmp_path / "prft"))
+    src = [r for r in read_rows(str(tmp_path / "td3bc")) if r["eval_return"]]
+    first = [r for r in rows if r["eval_return"]][0]
+    assert (first["phase"], float(first["step"])) == ("offline", 0.0)
+    assert float(first["eval_return"]) == float(src[-1]["eval_return"])
+    assert [float(r["step"]) for r in rows if r["phase"] != "offline"][-1] == 20.0
