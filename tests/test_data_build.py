@@ -178,6 +178,44 @@ def test_announced_time_of_a_medium_build(tmp_path, monkeypatch):
     assert f"up to ~{format_seconds(upper)} (SAC stops at the medium point, which is not known" in other
 
 
+def test_announced_time_counts_from_where_the_sac_run_starts(tmp_path, monkeypatch):
+    """An expert build that resumes an interrupted run, or continues the saved run from
+    its medium point, announces the SAC time of the steps left, not of the whole budget
+    (a resumed walker2d build at 550k of 1M once announced ~2h58m and took 37m)."""
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    monkeypatch.setattr(recipes, "SHIPPED_DIR", tmp_path / "none_shipped")
+    from o2o_jax.progress import format_seconds
+    b = recipes.make_budget()
+    rollout = 1_000_000 / 5_800.0
+    fresh = recipes.describe("walker2d", "expert", b)
+    assert f"up to ~{format_seconds(1_000_000 / 95.0 + rollout)} " in fresh, fresh
+    assert "SAC from" not in fresh
+    pdir = recipes.policy_dir("walker2d", b.seed)
+    pdir.mkdir(parents=True)
+    # The saved run's medium point (policy, agent and its replay set): continued from it.
+    (pdir / "medium.json").write_text(json.dumps({"env_steps": 280_000}))
+    (pdir / "medium_agent.msgpack").write_bytes(b"")
+    replay_id = recipes.default_id("walker2d", "medium-replay")
+    monkeypatch.setattr(recipes.store, "exists_locally", lambda ds: ds == replay_id)
+    text = recipes.describe("walker2d", "expert", b)
+    assert "(SAC from 280,000 env steps: continuing from its medium point)" in text, text
+    assert f"up to ~{format_seconds(720_000 / 95.0 + rollout)} " in text, text
+    # An interrupted run's checkpoint of the same settings wins over the medium point.
+    cfg = behavior.sac_config(b.hidden_dims)
+    record = {"env_steps": 550_000, "medium_reached": True,
+              **recipes._progress_key(cfg, b, b.target("walker2d"))}
+    (pdir / "in_progress.json").write_text(json.dumps(record))
+    text = recipes.describe("walker2d", "expert", b)
+    assert "(SAC from 550,000 env steps: resuming its checkpoint)" in text, text
+    assert f"up to ~{format_seconds(450_000 / 95.0 + rollout)} " in text, text
+    # A medium build does not continue a run past the medium point: the whole budget.
+    medium = recipes.describe("walker2d", "medium-replay", b)
+    assert "SAC from" not in medium, medium
+    # Of other settings (another target): not resumed, so not counted either.
+    (pdir / "in_progress.json").write_text(json.dumps({**record, "target_return": 1.0}))
+    assert "resuming its checkpoint" not in recipes.describe("walker2d", "expert", b)
+
+
 def test_episodes_file_round_trip(tmp_path):
     """save_episodes / load_episodes keep every array and the `cut` flag exactly."""
     rng = np.random.default_rng(0)

@@ -25,7 +25,7 @@ import json
 import pathlib
 import platform
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import jax
 import numpy as np
@@ -215,12 +215,14 @@ def estimate_seconds(env_name: str, kind: str, b: Budget) -> float:
     if kind in ("medium", "medium-replay"):
         have = kind == "medium" and ((pdir / "medium.json").exists()
                                      or uses_shipped(env_name, "medium", b) is not None)
-        train = 0.0 if have else b.train_steps / sac_rate
+        left = b.train_steps - sac_start(env_name, b, to_expert=False)[0]
+        train = 0.0 if have else left / sac_rate
         return train + (rollout if kind == "medium" else 0.0)
     if kind == "expert":
         have = ((pdir / "expert.json").exists()
                 or uses_shipped(env_name, "expert", b) is not None)
-        train = 0.0 if have else b.train_steps / sac_rate
+        left = b.train_steps - sac_start(env_name, b, to_expert=True)[0]
+        train = 0.0 if have else max(left, 0) / sac_rate
         return train + rollout
     return sum(estimate_seconds(env_name, k, b) for k in ("medium", "expert")
                if not store.exists_locally(default_id(env_name, k)))
@@ -237,7 +239,8 @@ def medium_point_seconds(env_name: str, b: Budget) -> Optional[float]:
     steps = MEDIUM_POINT_STEPS.get(env_name)
     if not same or steps is None:
         return None
-    return min(steps, b.train_steps) / _sac_rate(b)
+    start = sac_start(env_name, b, to_expert=False)[0]
+    return max(min(steps, b.train_steps) - start, 0) / _sac_rate(b)
 
 
 def describe(env_name: str, kind: str, b: Budget) -> str:
@@ -269,8 +272,13 @@ def describe(env_name: str, kind: str, b: Budget) -> str:
     trains_to_medium = (kind == "medium-replay"
                         or (kind == "medium" and shipped is None
                             and not (pdir / "medium.json").exists()))
+    start, how = sac_start(env_name, b, to_expert=(kind == "expert"))
+    trains = trains_to_medium or (kind == "expert" and shipped is None
+                                  and not (pdir / "expert.json").exists())
+    if trains and start > 0:
+        what += f" (SAC from {start:,} env steps: {how})"
     if trains_to_medium and typical is not None:
-        rest = est - b.train_steps / _sac_rate(b)
+        rest = est - (b.train_steps - start) / _sac_rate(b)
         when = (f"~{format_seconds(typical + rest)} (our seed-0 build of this recipe "
                 f"reached the medium point at {MEDIUM_POINT_STEPS[env_name]:,} env steps; "
                 f"up to ~{format_seconds(est)} if it is reached later or not at all")
@@ -390,8 +398,7 @@ def _run_sac(env_name: str, b: Budget, *, to_expert: bool, force_replay: bool,
     if progress_ckpt is not None:
         agent, step, reached, episodes = progress_ckpt
         resume, resume_medium_reached = (agent, step, episodes), reached
-    elif (to_expert and not force_replay and (pdir / "medium_agent.msgpack").exists()
-            and (pdir / "medium.json").exists() and store.exists_locally(replay_id)):
+    elif to_expert and not force_replay and _continues_from_medium(env_name, b):
         template, meta = behavior.load_policy(pdir / "medium")
         cfg = behavior.config_from_json(meta["agent_config"])
         agent = behavior.load_agent(pdir / "medium_agent.msgpack", template)
@@ -487,30 +494,60 @@ def _remove_progress_checkpoint(pdir) -> None:
             path.unlink()
 
 
-def _progress_checkpoint(env_name: str, cfg, b: Budget, target: float, to_expert: bool,
-                         log: Callable[[str], None]):
-    """(agent, env_steps, medium_reached, episodes) of a checkpoint this build can
-    continue, or None: the checkpoint must be complete, of the same run settings, before
+def _progress_record(env_name: str, cfg, b: Budget, target: float, to_expert: bool):
+    """(the record of a complete checkpoint this build can continue, None) or (None, why
+    not; None when there is no checkpoint): it must be of the same run settings, before
     `b.train_steps`, and (for a medium build) before the medium point."""
-    pdir = policy_dir(env_name, b.seed)
-    meta_path, agent_path, episodes_path = _progress_paths(pdir)
+    meta_path = _progress_paths(policy_dir(env_name, b.seed))[0]
     if not meta_path.exists():
-        return None
+        return None, None
     record = json.loads(meta_path.read_text())
     want = _progress_key(cfg, b, target)
     differs = sorted(k for k in want if record.get(k) != want[k])
     if differs:
-        log(f"[SAC] not resuming the checkpoint in {pdir} ({', '.join(differs)} differ "
-            "from this build's); a new run starts and replaces it")
+        return None, f"{', '.join(differs)} differ from this build's"
+    step = int(record["env_steps"])
+    if step >= b.train_steps:
+        return None, (f"its {step:,} env steps are not below this build's --train_steps="
+                      f"{b.train_steps:,}")
+    if record["medium_reached"] and not to_expert:
+        return None, "it is past the medium point and this build needs the run up to it"
+    return record, None
+
+
+def _continues_from_medium(env_name: str, b: Budget) -> bool:
+    """Whether an expert build continues the saved run from its medium point."""
+    pdir = policy_dir(env_name, b.seed)
+    return ((pdir / "medium_agent.msgpack").exists() and (pdir / "medium.json").exists()
+            and store.exists_locally(default_id(env_name, "medium-replay")))
+
+
+def sac_start(env_name: str, b: Budget, to_expert: bool) -> Tuple[int, str]:
+    """(env steps the SAC run of this build starts at, how): its resumable checkpoint, the
+    saved run's medium point (an expert build), or 0 (a new run)."""
+    cfg = behavior.sac_config(b.hidden_dims)
+    record, _ = _progress_record(env_name, cfg, b, b.target(env_name), to_expert)
+    if record is not None:
+        return int(record["env_steps"]), "resuming its checkpoint"
+    if to_expert and _continues_from_medium(env_name, b):
+        meta = json.loads((policy_dir(env_name, b.seed) / "medium.json").read_text())
+        return int(meta["env_steps"]), "continuing from its medium point"
+    return 0, "a new run"
+
+
+def _progress_checkpoint(env_name: str, cfg, b: Budget, target: float, to_expert: bool,
+                         log: Callable[[str], None]):
+    """(agent, env_steps, medium_reached, episodes) of a checkpoint this build can
+    continue (`_progress_record`), or None."""
+    pdir = policy_dir(env_name, b.seed)
+    _, agent_path, episodes_path = _progress_paths(pdir)
+    record, why = _progress_record(env_name, cfg, b, target, to_expert)
+    if record is None:
+        if why is not None:
+            log(f"[SAC] not resuming the checkpoint in {pdir} ({why}); a new run starts "
+                "and replaces it")
         return None
     step = int(record["env_steps"])
-    if step >= b.train_steps or (record["medium_reached"] and not to_expert):
-        why = (f"its {step:,} env steps are not below this build's --train_steps="
-               f"{b.train_steps:,}" if step >= b.train_steps else
-               "it is past the medium point and this build needs the run up to it")
-        log(f"[SAC] not resuming the checkpoint in {pdir} ({why}); a new run starts and "
-            "replaces it")
-        return None
     template = ac.create(jax.random.PRNGKey(0), *envs.env_dims(env_name), cfg)
     agent = behavior.load_agent(agent_path, template)
     episodes = behavior.load_episodes(episodes_path)
