@@ -120,6 +120,9 @@ def main(argv=None):
     p.add_argument("--label", action="append", default=[],
                    help="a run's label (repeat, one per run, in order)")
     p.add_argument("--env", default="halfcheetah")
+    p.add_argument("--max_epoch", type=int, default=None,
+                   help="draw and tabulate epochs 0..max_epoch only (the reference too), "
+                        "e.g. 100 beside 100-epoch runs")
     p.add_argument("--out", default="plots")
     p.add_argument("--verbose", action="store_true", help="on an error, also print the "
                    "traceback")
@@ -138,8 +141,16 @@ def main(argv=None):
         print(f"reference_curve: {len(labels)} labels for {len(runs)} runs", file=sys.stderr)
         return 2
     os.makedirs(args.out, exist_ok=True)
-    ref_epochs = ref["Epoch"].astype(int)
     all_curves = [run_curves(r) for r in runs]
+    if args.max_epoch is not None:
+        if args.max_epoch < 0:
+            print(f"reference_curve: --max_epoch={args.max_epoch} must be >= 0",
+                  file=sys.stderr)
+            return 2
+        ref = {k: v[:args.max_epoch + 1] for k, v in ref.items()}
+        all_curves = [{k: v[:, :args.max_epoch + 1] for k, v in c.items()}
+                      for c in all_curves]
+    ref_epochs = ref["Epoch"].astype(int)
 
     table_rows = []
     print(f"{'epoch':>5} | {'reference':>9} | " + " | ".join(f"{lab[:28]:>28}" for lab in labels))

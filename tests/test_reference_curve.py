@@ -75,6 +75,17 @@ def test_targets_and_table(tmp_path):
     with open(tmp_path / "fig" / "reference_table.csv") as f:
         table = list(csv.DictReader(f))
     assert float(table[0]["reference"]) == 1000.0 and float(table[0]["good"]) == 1000.0
+    # --max_epoch cuts the reference and the runs alike: nothing after epoch 50.
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.reference_curve",
+         f"--reference={tmp_path / 'progress.csv'}", "--runs", str(tmp_path / "good"),
+         "--label=good", f"--out={tmp_path / 'cut'}", "--max_epoch=50"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "epoch 50: ours 1500 vs reference 1500" in out.stdout
+    assert "epoch 100: not reached" in out.stdout and "epoch 250: not reached" in out.stdout
+    with open(tmp_path / "cut" / "reference_table.csv") as f:
+        assert max(int(r["epoch"]) for r in csv.DictReader(f)) == 50
     # A file that is not an rlkit progress.csv is one clear error.
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
     out = subprocess.run(
