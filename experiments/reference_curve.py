@@ -140,6 +140,14 @@ def main(argv=None):
     if len(labels) != len(runs):
         print(f"reference_curve: {len(labels)} labels for {len(runs)} runs", file=sys.stderr)
         return 2
+    keep = [i for i, r in enumerate(runs) if "phase" in r.metrics and
+            any(p == "online" for p in r.metrics["phase"])]
+    for i in sorted(set(range(len(runs))) - set(keep)):
+        print(f"reference_curve: skipping {runs[i].path}: no online rows yet", file=sys.stderr)
+    if not keep:
+        print("reference_curve: no run has online rows yet", file=sys.stderr)
+        return 2
+    runs, labels = [runs[i] for i in keep], [labels[i] for i in keep]
     os.makedirs(args.out, exist_ok=True)
     all_curves = [run_curves(r) for r in runs]
     if args.max_epoch is not None:

@@ -86,6 +86,18 @@ def test_targets_and_table(tmp_path):
     assert "epoch 100: not reached" in out.stdout and "epoch 250: not reached" in out.stdout
     with open(tmp_path / "cut" / "reference_table.csv") as f:
         assert max(int(r["epoch"]) for r in csv.DictReader(f)) == 50
+    # A run that has not logged an online row yet (just started: empty metrics.csv) is
+    # skipped with a note, the others drawn as before.
+    os.makedirs(tmp_path / "started")
+    (tmp_path / "started" / "metrics.csv").write_text("")
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.reference_curve",
+         f"--reference={tmp_path / 'progress.csv'}", "--runs", str(tmp_path / "started"),
+         str(tmp_path / "good"), "--label=started", "--label=good", f"--out={tmp_path / 's'}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "skipping" in out.stderr and "no online rows yet" in out.stderr
+    assert "1500 (1575/1425)" in out.stdout
     # A file that is not an rlkit progress.csv is one clear error.
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
     out = subprocess.run(
