@@ -89,7 +89,7 @@ def at(arr: np.ndarray, epoch: int) -> np.ndarray:
     return arr[:, epoch] if epoch < arr.shape[1] else np.full(arr.shape[0], np.nan)
 
 
-def check_targets(curves, ref) -> List[str]:
+def check_targets(curves, ref, max_epoch=None) -> List[str]:
     lines = []
     score = curves["normalized_score"]
     if score.shape[1] > 1:
@@ -102,6 +102,9 @@ def check_targets(curves, ref) -> List[str]:
                      + ("" if score.shape[1] > 10 else " (fewer than 10 epochs so far)"))
     ref_ret = ref["evaluation/Average Returns"]
     for e in TARGET_EPOCHS:
+        if max_epoch is not None and e > max_epoch:
+            lines.append(f"epoch {e}: beyond --max_epoch={max_epoch}")
+            continue
         ours = at(curves["eval_return"], e)
         if e >= len(ref_ret) or not np.isfinite(ours).any():
             lines.append(f"epoch {e}: not reached")
@@ -127,6 +130,9 @@ def main(argv=None):
     p.add_argument("--verbose", action="store_true", help="on an error, also print the "
                    "traceback")
     args = p.parse_args(argv)
+    if args.max_epoch is not None and args.max_epoch < 0:
+        print(f"reference_curve: --max_epoch={args.max_epoch} must be >= 0", file=sys.stderr)
+        return 2
     try:
         ref = read_reference(args.reference)
         runs = rundir.load_runs(args.runs, verbose=False)
@@ -151,10 +157,6 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     all_curves = [run_curves(r) for r in runs]
     if args.max_epoch is not None:
-        if args.max_epoch < 0:
-            print(f"reference_curve: --max_epoch={args.max_epoch} must be >= 0",
-                  file=sys.stderr)
-            return 2
         ref = {k: v[:args.max_epoch + 1] for k, v in ref.items()}
         all_curves = [{k: v[:, :args.max_epoch + 1] for k, v in c.items()}
                       for c in all_curves]
@@ -203,7 +205,7 @@ def main(argv=None):
                   + " | ".join(diag(c, ours_key, e) for c in all_curves))
     for lab, c in zip(labels, all_curves):
         print(f"\n{lab}:")
-        for line in check_targets(c, ref):
+        for line in check_targets(c, ref, args.max_epoch):
             print("  " + line)
 
     import matplotlib

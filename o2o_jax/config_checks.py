@@ -99,10 +99,13 @@ def check(cfg):
     if init_from:
         # With no steps it is still a start: a method's phase after pretraining (e.g.
         # PR-FT's refinement) runs on the members (TD3+BC's, say) as they are.
-        _check(cfg.offline.steps > 0 or algorithm.get(cfg.algo).post_offline is not None,
+        post = algorithm.get(cfg.algo).post_offline
+        _check(cfg.offline.steps > 0 or (post is not None and _get(cfg, post.steps_field) > 0),
                "offline.init_from", init_from,
-               "needs offline.steps > 0 (pretraining goes on from these members); to "
-               "fine-tune them as they are, use online.load_offline_from instead")
+               "needs offline.steps > 0 (pretraining goes on from these members)"
+               + (f" or {post.steps_field} > 0 (its '{post.label}' phase runs on them)"
+                  if post is not None else "")
+               + "; to fine-tune them as they are, use online.load_offline_from instead")
         _check(not cfg.get("online", {}).get("load_offline_from", ""), "offline.init_from",
                init_from, "cannot be combined with online.load_offline_from, which skips "
                "pretraining: keep one of the two")

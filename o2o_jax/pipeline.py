@@ -191,7 +191,8 @@ def _run(cfg, run_dir: RunDir, ckpt: CheckpointManager, latest, dataset, obs_dim
         post = algorithm.get(cfg.algo).post_offline
         if post is not None:
             members = post_offline_phase(ctx, members, k_offline, post)
-        if cfg.offline.save_members and (cfg.offline.steps > 0 or post is not None):
+        if cfg.offline.save_members and (cfg.offline.steps > 0
+                                          or cfg.offline.get("init_from", "")):
             checkpoints.save(os.path.join(run_dir.path, "offline_members"), members,
                              {**members_meta(cfg, obs_dim, act_dim), "algo": cfg.algo})
     offline_time = time.time() - t0

@@ -208,6 +208,29 @@ def test_announced_time_counts_from_where_the_sac_run_starts(tmp_path, monkeypat
     text = recipes.describe("walker2d", "expert", b)
     assert "(SAC from 550,000 env steps: resuming its checkpoint)" in text, text
     assert f"up to ~{format_seconds(450_000 / 95.0 + rollout)} " in text, text
+    # No SAC steps left (the checkpoint at or past --train_steps is not resumed; the
+    # medium point at 280k is continued from, with nothing to train): said so.
+    few = recipes.make_budget(train_steps=280_000)
+    assert "no SAC steps left" in recipes.describe("walker2d", "expert", few)
+    # A medium build resuming a checkpoint before the medium point: the typical time is
+    # the rest of the way to our run's medium point (280k), the bound the rest of the cap.
+    (pdir / "medium.json").unlink()
+    pre = {**record, "env_steps": 100_000, "medium_reached": False}
+    (pdir / "in_progress.json").write_text(json.dumps(pre))
+    text = recipes.describe("walker2d", "medium", b)
+    assert "(SAC from 100,000 env steps: resuming its checkpoint)" in text, text
+    assert (f"Expected time: ~{format_seconds(180_000 / 95.0 + rollout)} " in text
+            and f"up to ~{format_seconds(900_000 / 95.0 + rollout)} " in text), text
+    # Resumed past our run's medium point (300k > 280k): no typical time, the bound only.
+    (pdir / "in_progress.json").write_text(json.dumps({**pre, "env_steps": 300_000}))
+    text = recipes.describe("walker2d", "medium", b)
+    assert f"up to ~{format_seconds(700_000 / 95.0 + rollout)} (SAC stops" in text, text
+    # An unreadable record is not resumed, and no announcement fails on it.
+    (pdir / "in_progress.json").write_text("")
+    assert "SAC from" not in recipes.describe("walker2d", "medium", b)
+    assert "uniformly random" in recipes.describe("walker2d", "random", b)
+    (pdir / "medium.json").write_text(json.dumps({"env_steps": 280_000}))
+    (pdir / "in_progress.json").write_text(json.dumps(record))
     # A medium build does not continue a run past the medium point: the whole budget.
     medium = recipes.describe("walker2d", "medium-replay", b)
     assert "SAC from" not in medium, medium

@@ -83,9 +83,15 @@ def test_targets_and_table(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "epoch 50: ours 1500 vs reference 1500" in out.stdout
-    assert "epoch 100: not reached" in out.stdout and "epoch 250: not reached" in out.stdout
+    assert "epoch 100: beyond --max_epoch=50" in out.stdout
     with open(tmp_path / "cut" / "reference_table.csv") as f:
         assert max(int(r["epoch"]) for r in csv.DictReader(f)) == 50
+    short = reference_curve.main([f"--reference={tmp_path / 'progress.csv'}", "--runs",
+                                  str(tmp_path / "good"), f"--out={tmp_path / 'cut2'}",
+                                  "--max_epoch=7"])
+    assert short == 0
+    with open(tmp_path / "cut2" / "reference_table.csv") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [0, 1, 5]
     # A run that has not logged an online row yet (just started: empty metrics.csv) is
     # skipped with a note, the others drawn as before.
     os.makedirs(tmp_path / "started")

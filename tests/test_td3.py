@@ -247,3 +247,14 @@ def test_refinement_runs_on_another_runs_td3_bc_members(minari_root, tmp_path):
     assert (first["phase"], float(first["step"])) == ("offline", 0.0)
     assert float(first["eval_return"]) == float(src[-1]["eval_return"])
     assert [float(r["step"]) for r in rows if r["phase"] != "offline"][-1] == 20.0
+    # With no refinement steps either, nothing would run: refused, naming both fields.
+    from o2o_jax import config_checks
+    c2.run_name, c2.prft.pr_steps = "prft0", 0
+    with pytest.raises(config_checks.ConfigError, match="prft.pr_steps > 0"):
+        pipeline.run(c2)
+    # Fresh members with no pretraining are not saved as members of the method.
+    c3 = tiny_config(tmp_path, "prft_fresh")
+    algorithm.get("prft").apply_preset(c3)
+    c3.td3.hidden_dims, c3.prft.pr_steps, c3.offline.steps, c3.online.epochs = (8, 8), 5, 0, 0
+    pipeline.run(c3)
+    assert not (tmp_path / "prft_fresh" / "offline_members").exists()

@@ -216,7 +216,7 @@ def estimate_seconds(env_name: str, kind: str, b: Budget) -> float:
         have = kind == "medium" and ((pdir / "medium.json").exists()
                                      or uses_shipped(env_name, "medium", b) is not None)
         left = b.train_steps - sac_start(env_name, b, to_expert=False)[0]
-        train = 0.0 if have else left / sac_rate
+        train = 0.0 if have else max(left, 0) / sac_rate
         return train + (rollout if kind == "medium" else 0.0)
     if kind == "expert":
         have = ((pdir / "expert.json").exists()
@@ -240,7 +240,9 @@ def medium_point_seconds(env_name: str, b: Budget) -> Optional[float]:
     if not same or steps is None:
         return None
     start = sac_start(env_name, b, to_expert=False)[0]
-    return max(min(steps, b.train_steps) - start, 0) / _sac_rate(b)
+    if start >= min(steps, b.train_steps):   # resumed past where ours stopped: not known
+        return None
+    return (min(steps, b.train_steps) - start) / _sac_rate(b)
 
 
 def describe(env_name: str, kind: str, b: Budget) -> str:
@@ -275,7 +277,10 @@ def describe(env_name: str, kind: str, b: Budget) -> str:
     start, how = sac_start(env_name, b, to_expert=(kind == "expert"))
     trains = trains_to_medium or (kind == "expert" and shipped is None
                                   and not (pdir / "expert.json").exists())
-    if trains and start > 0:
+    if trains and start >= b.train_steps:
+        what += (f" (SAC from {start:,} env steps: {how}; no SAC steps left, so the "
+                 f"{kind} policy is the one at {start:,} steps)")
+    elif trains and start > 0:
         what += f" (SAC from {start:,} env steps: {how})"
     if trains_to_medium and typical is not None:
         rest = est - (b.train_steps - start) / _sac_rate(b)
@@ -501,7 +506,11 @@ def _progress_record(env_name: str, cfg, b: Budget, target: float, to_expert: bo
     meta_path = _progress_paths(policy_dir(env_name, b.seed))[0]
     if not meta_path.exists():
         return None, None
-    record = json.loads(meta_path.read_text())
+    try:
+        record = json.loads(meta_path.read_text())
+        int(record["env_steps"]), bool(record["medium_reached"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return None, f"its record {meta_path.name} is unreadable ({type(e).__name__})"
     want = _progress_key(cfg, b, target)
     differs = sorted(k for k in want if record.get(k) != want[k])
     if differs:
