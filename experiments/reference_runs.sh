@@ -78,9 +78,10 @@ if [ "$WHAT" = all ] || [ "$WHAT" = controls ]; then
 fi
 if [ "$WHAT" = all ] || [ "$WHAT" = upq ]; then
   # UPQ (issue 17) from the same members: beta in the seed's table, 100 epochs each, with
-  # the rerun's exploration and seed 0, so that each run differs from
-  # off2on_ucb100_seed0_e250's first 100 epochs in the target alone (UPQ is built on the
-  # authors' Off2OnRL code; beta = 0 is off2on's update exactly, tests/test_upq.py).
+  # the rerun's exploration and seed 0: the settings of off2on_ucb100 above but the target
+  # (UPQ is built on the authors' Off2OnRL code; beta = 0 is off2on's update exactly,
+  # tests/test_upq.py), and of off2on_ucb100_seed0_e250 but the target and the online
+  # budget (100 vs 250 epochs, so the online buffer's capacity).
   for beta in 0.1 0.01 0.001; do
     VARIANT=reference,upq train "upq_ucb100_beta${beta}_seed0" "$MEMBERS_DATA" \
         --config.seed=0 --config.online.epochs=100 --config.online.explore_ucb_lambda=100 \
