@@ -209,23 +209,27 @@ def estimate_seconds(env_name: str, kind: str, b: Budget) -> float:
     """A rough upper estimate from the speeds measured on a 2-core CPU (see the constants)."""
     sac_rate = _sac_rate(b)
     rollout = b.transitions / ROLLOUT_STEPS_PER_S
-    pdir = policy_dir(env_name, b.seed)
     if kind == "random":
         return b.transitions / RANDOM_STEPS_PER_S + b.transitions / 20 / WRITE_EPISODES_PER_S
-    if kind in ("medium", "medium-replay"):
-        have = kind == "medium" and ((pdir / "medium.json").exists()
-                                     or uses_shipped(env_name, "medium", b) is not None)
-        left = b.train_steps - sac_start(env_name, b, to_expert=False)[0]
-        train = 0.0 if have else max(left, 0) / sac_rate
-        return train + (rollout if kind == "medium" else 0.0)
-    if kind == "expert":
-        have = ((pdir / "expert.json").exists()
-                or uses_shipped(env_name, "expert", b) is not None)
-        left = b.train_steps - sac_start(env_name, b, to_expert=True)[0]
-        train = 0.0 if have else max(left, 0) / sac_rate
-        return train + rollout
+    if kind in ("medium", "medium-replay", "expert"):
+        train = 0.0
+        if trains_sac(env_name, kind, b):
+            left = b.train_steps - sac_start(env_name, b, to_expert=(kind == "expert"))[0]
+            train = max(left, 0) / sac_rate
+        return train + (0.0 if kind == "medium-replay" else rollout)
     return sum(estimate_seconds(env_name, k, b) for k in ("medium", "expert")
                if not store.exists_locally(default_id(env_name, k)))
+
+
+def trains_sac(env_name: str, kind: str, b: Budget) -> bool:
+    """Whether building `kind` runs SAC: medium-replay always; medium and expert unless
+    the package ships the policy for this budget or an earlier build saved it."""
+    if kind == "medium-replay":
+        return True
+    if kind not in ("medium", "expert"):
+        return False
+    return (uses_shipped(env_name, kind, b) is None
+            and not (policy_dir(env_name, b.seed) / f"{kind}.json").exists())
 
 
 def medium_point_seconds(env_name: str, b: Budget) -> Optional[float]:
@@ -261,7 +265,6 @@ def describe(env_name: str, kind: str, b: Budget) -> str:
         "medium-expert": f"medium + expert datasets ({b.transitions:,} transitions each)",
     }[kind]
     est = estimate_seconds(env_name, kind, b)
-    pdir = policy_dir(env_name, b.seed)
     shipped = uses_shipped(env_name, kind, b) if kind in ("medium", "expert") else None
     if shipped is not None:
         info = shipped_info(shipped)
@@ -271,12 +274,9 @@ def describe(env_name: str, kind: str, b: Budget) -> str:
                 f"{info['eval_return_stochastic']:.1f}, deterministic "
                 f"{info['eval_return_deterministic']:.1f}; --retrain trains SAC instead)")
     typical = medium_point_seconds(env_name, b)
-    trains_to_medium = (kind == "medium-replay"
-                        or (kind == "medium" and shipped is None
-                            and not (pdir / "medium.json").exists()))
+    trains = trains_sac(env_name, kind, b)
+    trains_to_medium = trains and kind != "expert"
     start, how = sac_start(env_name, b, to_expert=(kind == "expert"))
-    trains = trains_to_medium or (kind == "expert" and shipped is None
-                                  and not (pdir / "expert.json").exists())
     if trains and start >= b.train_steps:
         what += (f" (SAC from {start:,} env steps: {how}; no SAC steps left, so the "
                  f"{kind} policy is the one at {start:,} steps)")
