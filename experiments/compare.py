@@ -6,7 +6,11 @@
 Each method runs through the same pipeline (`experiments.train`) with its paper preset
 (`Algorithm.preset`, o2o_jax/agents/<method>.py) applied on top of the given config, with `--seeds` vmapped seeds.
 Budget overrides on the command line (--config.offline.steps=...) apply to every method.
-Writes <out>/<method>/ run directories, <out>/comparison.md and .csv, and figures.
+Writes <out>/<method>/ run directories, <out>/comparison.md and .csv, and figures. The
+table gives each method's final score, its start -> end (online epoch 0, the members it
+fine-tunes, to the last epoch) and the no-collapse measure: the largest drop below the start
+in the first 10 online epochs. Run again with the same arguments, it skips the methods that
+finished (summary.json and the same config) and resumes an interrupted one.
 
 Methods whose offline phase is the same computation (same pretraining losses and the same
 config apart from the online phase, e.g. off2on and cql_ft) pretrain once: the later ones
@@ -21,6 +25,7 @@ import copy  # noqa: E402
 import csv  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
+import warnings  # noqa: E402
 
 from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -80,13 +85,27 @@ def share_offline(cfgs, methods, out):
     return source
 
 
+def start_end_drop(run, within: int = 10):
+    """Per seed: the normalised score at online epoch 0 (the members fine-tuning starts
+    from), at the last epoch, and the largest drop below the start in epochs 1..`within`
+    (`stats.largest_drop`); NaN where the run has no such rows."""
+    from o2o_jax import rundir, stats
+    epochs, ys = rundir.learning_curve(run, "normalized_score", "online", x="epoch")
+    by_epoch = np.full((ys.shape[0], int(epochs.max()) + 1 if epochs.size else 0), np.nan)
+    by_epoch[:, epochs.astype(int)] = ys
+    start = by_epoch[:, 0] if by_epoch.shape[1] else np.full(ys.shape[0], np.nan)
+    return start, rundir.final_values(run, "normalized_score", "online"), \
+        stats.largest_drop(by_epoch, start=0, within=within)
+
+
 def table(out: str, methods, runs, offline_runs=None) -> str:
     from o2o_jax import rundir, stats
     lines = ["| method | final normalised score (mean ± std over seeds) | IQM | 95% CI of mean "
-             "| after offline | seeds |", "|---|---|---|---|---|---|"]
+             "| start → end (mean) | largest drop below start, epochs 1–10 (mean; worst "
+             "seed) | after offline | seeds |", "|---|---|---|---|---|---|---|---|"]
     rows = []
     for method, run, off_run in zip(methods, runs, offline_runs or runs):
-        final = rundir.final_values(run, "normalized_score", "online")
+        start, final, drop = start_end_drop(run)
         off = (rundir.final_values(off_run, "normalized_score", "offline")
                if rundir.has_metric(off_run, "normalized_score", "offline")
                else np.array([]))
@@ -94,12 +113,22 @@ def table(out: str, methods, runs, offline_runs=None) -> str:
         off_txt = f"{np.nanmean(off):.1f}" if off.size else "—"
         if off_run is not run and off.size:
             off_txt += f" ({os.path.basename(off_run.path)}'s pretraining)"
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)   # all-NaN: shown as nan
+            start_mean, drop_mean, drop_worst = (np.nanmean(start), np.nanmean(drop),
+                                                 np.nanmax(drop))
         lines.append(f"| {method} | {s['mean']:.1f} ± {np.nanstd(final):.1f} | {s['iqm']:.1f} "
-                     f"| [{s['ci_low']:.1f}, {s['ci_high']:.1f}] | {off_txt} | {s['n']} |")
+                     f"| [{s['ci_low']:.1f}, {s['ci_high']:.1f}] "
+                     f"| {start_mean:.1f} → {s['mean']:.1f} | {drop_mean:.1f}; {drop_worst:.1f} "
+                     f"| {off_txt} | {s['n']} |")
         rows.append({"method": method, "mean": s["mean"], "std": float(np.nanstd(final)),
                      "iqm": s["iqm"], "ci_low": s["ci_low"], "ci_high": s["ci_high"],
+                     "start_mean": float(start_mean), "drop_mean": float(drop_mean),
+                     "drop_worst": float(drop_worst),
                      "offline_mean": float(np.nanmean(off)) if off.size else "",
-                     "per_seed": " ".join(f"{v:.2f}" for v in final)})
+                     "per_seed": " ".join(f"{v:.2f}" for v in final),
+                     "per_seed_start": " ".join(f"{v:.2f}" for v in start),
+                     "per_seed_drop": " ".join(f"{v:.2f}" for v in drop)})
     with open(os.path.join(out, "comparison.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, list(rows[0]))
         w.writeheader()
@@ -127,6 +156,11 @@ def main(argv):
                   if methods[i] in source else "")
         print(f"[compare] {i + 1}/{len(cfgs)}: {cfg.algo} ({_SEEDS.value} seeds){shared}; "
               f"elapsed {time.time() - t0:.0f} s", flush=True)
+        done = pipeline.finished_run(cfg)
+        if done:
+            print(f"[compare] {cfg.algo}: finished in {done} with this config; not run "
+                  "again (delete its summary.json to rerun it)", flush=True)
+            continue
         pipeline.run(cfg)
     runs = [rundir.load_run(os.path.join(out, m)) for m in methods]
     offline_runs = [runs[methods.index(source[m])] if m in source else run

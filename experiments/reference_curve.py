@@ -30,7 +30,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from o2o_jax import rundir
+from o2o_jax import rundir, stats
 
 MILESTONES = (0, 1, 5, 10, 25, 50, 75, 100, 150, 200, 250)
 FIRST = "_first_batch"   # our columns with the first update's values of each epoch
@@ -93,8 +93,7 @@ def check_targets(curves, ref, max_epoch=None) -> List[str]:
     lines = []
     score = curves["normalized_score"]
     if score.shape[1] > 1:
-        first10 = score[:, :min(11, score.shape[1])]
-        drop = np.nanmax(score[:, :1] - first10, axis=1)
+        drop = stats.largest_drop(score, start=0, within=10)
         lines.append("largest drop below the epoch-0 score in epochs 0-10 (normalised): "
                      + ", ".join(f"{d:.1f}" for d in drop)
                      + ("  [target <= 5: met]" if np.all(drop <= 5) else

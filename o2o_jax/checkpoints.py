@@ -9,6 +9,7 @@ In a distributed run every process calls `save` and `restore`: the state is gath
 host memory on each process and orbax writes it once; the sidecar files are written by the
 primary process, and all processes leave `save` only when the checkpoint is complete.
 """
+import copy
 import glob
 import json
 import os
@@ -159,7 +160,12 @@ def restore(path: str, template: Any, expect: Optional[Dict] = None) -> Any:
 
 def comparable_config(cfg) -> dict:
     """The config a checkpoint must share with the run resuming it."""
-    d = json.loads(cfg.to_json_best_effort())
+    return comparable_dict(json.loads(cfg.to_json_best_effort()))
+
+
+def comparable_dict(d: dict) -> dict:
+    """`comparable_config` of a config already as a dict (e.g. a run's config.json)."""
+    d = copy.deepcopy(d)
     for k in ("resume", "run_dir", "run_name", "tensorboard", "distributed"):
         d.pop(k, None)
     d.get("checkpoint", {}).pop("keep", None)

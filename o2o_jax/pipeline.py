@@ -23,6 +23,7 @@ import json
 import os
 import sys
 import time
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +50,24 @@ def run_path(cfg) -> str:
         if found:
             return found[-1]
     return os.path.join(cfg.run_dir, f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def finished_run(cfg) -> Optional[str]:
+    """The run directory of `cfg` if it names one (`run_name`) that has finished with the
+    same config (its summary.json is there and its config.json agrees, as a checkpoint
+    must); None otherwise. Lets a driver of many runs (experiments.compare) skip the
+    finished ones when run again."""
+    if not cfg.run_name:
+        return None
+    path = run_path(cfg)
+    try:
+        with open(os.path.join(path, "summary.json")) as f:
+            json.load(f)
+        with open(os.path.join(path, "config.json")) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return path if checkpoints.comparable_dict(saved) == comparable_config(cfg) else None
 
 
 # ----------------------------------------------------------------------------- data

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from tests.helpers import ROOT
 
@@ -60,3 +61,54 @@ def test_compare_writes_table_consistent_with_runs(minari_root, tmp_path):
     md = open(os.path.join(out, "comparison.md")).read()
     assert "| off2on |" in md and "| sac_ft |" in md
     assert os.path.getsize(os.path.join(out, "online_normalized_score.png")) > 5000
+    # start -> end and the largest drop below the start, from metrics.csv by hand
+    for method, row in rows.items():
+        with open(os.path.join(out, method, "metrics.csv")) as f:
+            online = [r for r in csv.DictReader(f) if r["phase"] == "online"
+                      and r["normalized_score"] not in ("", "nan")]
+        for i, seed in enumerate(sorted({float(r["seed"]) for r in online})):
+            by_epoch = {int(float(r["epoch"])): float(r["normalized_score"])
+                        for r in online if float(r["seed"]) == seed}
+            start = by_epoch[0]
+            drop = max(start - by_epoch[e] for e in by_epoch if e <= 10)
+            assert float(row["per_seed_start"].split()[i]) == pytest.approx(start, abs=5e-3)
+            assert float(row["per_seed_drop"].split()[i]) == pytest.approx(drop, abs=5e-3)
+            assert drop >= 0
+    # run again: every method has finished with this config, so none runs again
+    mtimes = {m: os.path.getmtime(os.path.join(out, m, "metrics.csv")) for m in rows}
+    again = subprocess.run(
+        [sys.executable, "-m", "experiments.compare", "--config=configs/hopper_medium.py:quick",
+         "--methods=off2on,sac_ft,cql_ft", "--seeds=2", f"--out={out}", *TINY],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("not run again") == 3, again.stdout[-3000:]
+    assert mtimes == {m: os.path.getmtime(os.path.join(out, m, "metrics.csv")) for m in rows}
+    with open(os.path.join(out, "comparison.csv")) as f:
+        assert {r["method"]: r["per_seed"] for r in csv.DictReader(f)} == {
+            m: r["per_seed"] for m, r in rows.items()}
+
+
+def test_finished_run_needs_summary_and_same_config(tmp_path):
+    """pipeline.finished_run: a run directory counts as finished only with its summary.json
+    and a config.json equal to the config (up to the fields a resume may change)."""
+    import ml_collections
+    from o2o_jax import pipeline
+    from configs import hopper_medium
+    cfg = hopper_medium.get_config("quick")
+    cfg.run_dir, cfg.run_name = str(tmp_path), "m"
+    path = tmp_path / "m"
+    path.mkdir()
+    assert pipeline.finished_run(cfg) is None                 # nothing there
+    (path / "config.json").write_text(cfg.to_json_best_effort(indent=2))
+    assert pipeline.finished_run(cfg) is None                 # no summary.json yet
+    (path / "summary.json").write_text("{}")
+    assert pipeline.finished_run(cfg) == str(path)
+    other = ml_collections.ConfigDict(cfg.to_dict())
+    other.tensorboard = not cfg.tensorboard                   # not part of a run's result
+    assert pipeline.finished_run(other) == str(path)
+    other.online.epochs = cfg.online.epochs + 1               # another experiment
+    assert pipeline.finished_run(other) is None
+    (path / "summary.json").write_text("{trunc")              # a torn write: not finished
+    assert pipeline.finished_run(cfg) is None
+    cfg.run_name = ""                                         # a timestamped new run
+    assert pipeline.finished_run(cfg) is None

@@ -92,3 +92,19 @@ def test_summarize():
     assert s["iqm"] == pytest.approx(stats.iqm([1, 2, 3, 4, 100]))
     assert s["ci_low"] <= s["mean"] <= s["ci_high"]
     assert set(s) == {"mean", "iqm", "ci_low", "ci_high", "n"}
+
+
+def test_largest_drop_by_hand():
+    nan = np.nan
+    scores = np.array([
+        [50., 48., 45., 52., 30., 60., 61., 62., 63., 64., 65., 10.],   # 20 at index 4;
+        [10., 11., 12., 13., 14., 15., 16., 17., 18., 19., 20., 0.],    # never below: 0
+        [nan, 1., 2., 3., 4., 5., 6., 7., 8., 9., 10., 11.],            # no start: NaN
+        [40., nan, 35., nan, nan, nan, nan, nan, nan, nan, nan, nan],   # gaps skipped: 5
+    ])
+    # index 11 lies beyond the window of 10 after the start, so its falls do not count
+    np.testing.assert_array_equal(stats.largest_drop(scores, start=0, within=10),
+                                  [20., 0., nan, 5.])
+    # another start and window: from index 3 over 3..5 (52 -> 30)
+    np.testing.assert_array_equal(stats.largest_drop(scores[:1], start=3, within=2), [22.])
+    assert np.isnan(stats.largest_drop(np.zeros((2, 1)), start=1)).all()
