@@ -77,13 +77,15 @@ def pretrain(ctx: Context, members, key, start_step: int = 0):
 def post_offline_phase(ctx: Context, members, key, post):
     """A method's phase after pretraining (`algorithm.PostOffline`, e.g. FQE-init's critic
     refit): `post.reset` once per seed, then `post.steps_field` updates of `post.update`
-    per member, logged as phase `post.phase`."""
+    per member, logged as phase `post.phase`; the members are evaluated at its end (the
+    policy fine-tuning starts from). Returns (members, mean eval return per seed, None if
+    the phase has no steps)."""
     cfg = ctx.cfg
     k_reset, key = split_each(key, 2)
     members = jax.vmap(lambda m, k: post.reset(m, k, cfg))(members, k_reset)
     total = config_checks._get(cfg, post.steps_field)
     progress = Progress(post.label, total, "steps", every_s=5.0)
-    step = 0
+    step, returns = 0, None
     while step < total:
         k = min(cfg.offline.chunk, total - step)
         chunk = offline.make_train_chunk(k, cfg.offline.batch_size, post.update(cfg),
@@ -93,9 +95,19 @@ def post_offline_phase(ctx: Context, members, key, post):
         info = distributed.to_host_tree(info)
         step += k
         check_finite(ctx, info, f"{post.phase} step {step:,}")
+        extra = {}
+        if step >= total:
+            returns = evaluate_offline(ctx, members).mean(axis=1)
+            extra = {"eval_return": returns,
+                     "normalized_score": envs.normalized_score(cfg.env, returns)}
+            check_finite(ctx, extra, f"the evaluation after {post.phase}")
         for row in per_seed_rows({"phase": post.phase, "step": step, "env_steps": 0}, info,
-                                 ctx.seeds):
+                                 ctx.seeds, extra):
             ctx.run_dir.log(row)
         shown = [k for k in ("critic_loss", "actor_loss") if k in info]
-        progress.update(step, " ".join(f"{k} {to_scalar(info[k]):.3g}" for k in shown))
-    return members
+        msg = " ".join(f"{k} {to_scalar(info[k]):.3g}" for k in shown)
+        if extra:
+            msg += (f" | eval {np.mean(returns):.1f} "
+                    f"({np.mean(extra['normalized_score']):.1f})")
+        progress.update(step, msg)
+    return members, returns

@@ -209,7 +209,9 @@ def _run(cfg, run_dir: RunDir, ckpt: CheckpointManager, latest, dataset, obs_dim
         members, offline_return = pretrain(ctx, members, k_offline, start)
         post = algorithm.get(cfg.algo).post_offline
         if post is not None:
-            members = post_offline_phase(ctx, members, k_offline, post)
+            # the summary's offline score: the members fine-tuning starts from
+            members, post_return = post_offline_phase(ctx, members, k_offline, post)
+            offline_return = offline_return if post_return is None else post_return
         if cfg.offline.save_members and (cfg.offline.steps > 0
                                           or cfg.offline.get("init_from", "")):
             checkpoints.save(os.path.join(run_dir.path, "offline_members"), members,

@@ -247,6 +247,24 @@ def test_refinement_runs_on_another_runs_td3_bc_members(minari_root, tmp_path):
     assert (first["phase"], float(first["step"])) == ("offline", 0.0)
     assert float(first["eval_return"]) == float(src[-1]["eval_return"])
     assert [float(r["step"]) for r in rows if r["phase"] != "offline"][-1] == 20.0
+    # The summary's offline score is the refined policy's (the members fine-tuning starts
+    # from), evaluated at the end of the refinement: an episode rolled out here by hand
+    # with the saved refined members, on the offline evaluation's seed, returns it.
+    import json
+    from o2o_jax import envs
+    from o2o_jax.offline_loop import OFFLINE_EVAL_SEED
+    summary = json.load(open(tmp_path / "prft" / "summary.json"))
+    refined = jax.tree_util.tree_map(lambda x: x[0], after)          # seed 0's members
+    env = envs.make_env(c2.env)
+    obs, _ = env.reset(seed=OFFLINE_EVAL_SEED)
+    total, done = 0.0, False
+    while not done:
+        act = algorithm.get("prft").members_act_eval(refined, np.asarray(obs, np.float32)[None])
+        obs, r, term, trunc, _ = env.step(np.asarray(act)[0])
+        total, done = total + float(r), term or trunc
+    assert summary["offline"]["per_seed_return"][0] == pytest.approx(total, rel=1e-4)
+    assert float(rows[-1]["eval_return"]) == pytest.approx(total, rel=1e-4)
+    assert rows[-1]["phase"] != "offline"
     # With no refinement steps either, nothing would run: refused, naming both fields.
     from o2o_jax import config_checks
     c2.run_name, c2.prft.pr_steps = "prft0", 0
