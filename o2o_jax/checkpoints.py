@@ -286,7 +286,10 @@ def members_expect(cfg, obs_dim: int, act_dim: int,
     experiments.import_members) is accepted for S seeds."""
     path = members_path(cfg, field)
     expect = members_meta(cfg, obs_dim, act_dim)
-    meta = read_meta(path)
+    try:
+        meta = read_meta(path)
+    except CheckpointError as e:
+        raise CheckpointError(f"{field}: {e}") from e
     if meta.get("num_seeds") == 1:
         expect["num_seeds"] = 1
     check_meta(path, meta, expect)

@@ -122,10 +122,14 @@ def run(cfg) -> dict:
         dataset = load_dataset_everywhere(cfg, obs_dim, act_dim)
         if cfg.online.load_offline_from:
             members_expect(cfg, obs_dim, act_dim)
-        if cfg.offline.get("init_from", ""):
-            members_expect(cfg, obs_dim, act_dim, "offline.init_from")
         path = distributed.broadcast_str(run_path(cfg))   # one clock names the directory
         existed = os.path.isdir(path)
+        # Members to start pretraining from are read only by a run with no checkpoint of
+        # its own yet: once it has one it resumes from that (the source may be gone).
+        if cfg.offline.get("init_from", "") and not (
+                existed and CheckpointManager(os.path.join(path, "checkpoints"), 1,
+                                              None).complete()):
+            members_expect(cfg, obs_dim, act_dim, "offline.init_from")
         # A branch is checked against its source only when it starts: once it has
         # checkpoints of its own it resumes from them (the source may be gone by then).
         branch = (branch_source(cfg) if cfg.online.get("branch_from", "") and not (

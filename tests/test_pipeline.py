@@ -138,6 +138,28 @@ def test_pretraining_goes_on_from_saved_members(reference_run, tmp_path):
         pipeline.run(none)
 
 
+def test_resume_of_init_from_run_needs_no_source(reference_run, tmp_path):
+    """A run that started from offline.init_from and has a checkpoint of its own resumes
+    from that checkpoint: the source members may be gone by then (it used to refuse)."""
+    import shutil
+    _, ref_dir = reference_run
+    source = str(tmp_path / "source_members")
+    shutil.copytree(os.path.join(ref_dir, "offline_members"), source)
+    cfg = tiny_config(tmp_path, "more", **{"offline.init_from": source, "offline.steps": 20,
+                                           "checkpoint.every_offline_steps": 10,
+                                           "online.epochs": 0})
+    first = pipeline.run(cfg)       # ends with its step-10 checkpoint (none at the end)
+    shutil.rmtree(source)
+    again = pipeline.run(cfg)       # resumes at step 10: the same run, no source read
+    assert again["offline"]["per_seed_return"] == first["offline"]["per_seed_return"]
+    # With no checkpoint of its own, a missing source is still refused before any write.
+    fresh = tiny_config(tmp_path, "fresh", **{"offline.init_from": source,
+                                              "offline.steps": 20, "online.epochs": 0})
+    with pytest.raises(checkpoints.CheckpointError, match="offline.init_from"):
+        pipeline.run(fresh)
+    assert not os.path.exists(os.path.join(tmp_path, "fresh"))
+
+
 def test_branch_from_an_online_checkpoint(reference_run, tmp_path):
     """online.branch_from starts a new run at another run's online checkpoint. With the
     source's own config it repeats the source's rows from there exactly (state, keys, env
