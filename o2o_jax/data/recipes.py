@@ -399,11 +399,12 @@ def _run_sac(env_name: str, b: Budget, *, to_expert: bool, force_replay: bool,
     started = time.time()
     target = b.target(env_name)
     resume, resume_medium_reached = None, True
+    _, how = sac_start(env_name, b, to_expert, force_replay)
     progress_ckpt = _progress_checkpoint(env_name, cfg, b, target, to_expert, log)
     if progress_ckpt is not None:
         agent, step, reached, episodes = progress_ckpt
         resume, resume_medium_reached = (agent, step, episodes), reached
-    elif to_expert and not force_replay and _continues_from_medium(env_name, b):
+    elif how == FROM_MEDIUM:
         template, meta = behavior.load_policy(pdir / "medium")
         cfg = behavior.config_from_json(meta["agent_config"])
         agent = behavior.load_agent(pdir / "medium_agent.msgpack", template)
@@ -531,17 +532,23 @@ def _continues_from_medium(env_name: str, b: Budget) -> bool:
             and store.exists_locally(default_id(env_name, "medium-replay")))
 
 
-def sac_start(env_name: str, b: Budget, to_expert: bool) -> Tuple[int, str]:
-    """(env steps the SAC run of this build starts at, how): its resumable checkpoint, the
-    saved run's medium point (an expert build), or 0 (a new run)."""
+RESUMES, FROM_MEDIUM, NEW_RUN = ("resuming its checkpoint", "continuing from its medium point",
+                                 "a new run")
+
+
+def sac_start(env_name: str, b: Budget, to_expert: bool,
+              force_replay: bool = False) -> Tuple[int, str]:
+    """(env steps the SAC run of this build starts at, how): its resumable checkpoint
+    (RESUMES), the saved run's medium point (FROM_MEDIUM: an expert build that does not
+    rewrite medium-replay), or 0 (NEW_RUN). `_run_sac` starts where this says."""
     cfg = behavior.sac_config(b.hidden_dims)
     record, _ = _progress_record(env_name, cfg, b, b.target(env_name), to_expert)
     if record is not None:
-        return int(record["env_steps"]), "resuming its checkpoint"
-    if to_expert and _continues_from_medium(env_name, b):
+        return int(record["env_steps"]), RESUMES
+    if to_expert and not force_replay and _continues_from_medium(env_name, b):
         meta = json.loads((policy_dir(env_name, b.seed) / "medium.json").read_text())
-        return int(meta["env_steps"]), "continuing from its medium point"
-    return 0, "a new run"
+        return int(meta["env_steps"]), FROM_MEDIUM
+    return 0, NEW_RUN
 
 
 def _progress_checkpoint(env_name: str, cfg, b: Budget, target: float, to_expert: bool,
