@@ -278,6 +278,7 @@ def summarize(cfg, dataset, offline_return, online_return, offline_time, online_
 
     return {
         "run_dir": path, "env": cfg.env, "algo": cfg.algo, "dataset": dataset.dataset_id,
+        "dataset_transitions": int(dataset.num_transitions),
         "seeds": seed_list(cfg), "num_members": cfg.agent.num_members,
         "offline_steps": cfg.offline.steps, "replay": cfg.online.replay,
         "online_env_steps": cfg.online.epochs * cfg.online.env_steps_per_epoch,

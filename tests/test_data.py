@@ -439,3 +439,19 @@ def test_concurrent_builds_keep_the_first_finished(root):
     ds = loader.load("o2o/hopper/scripted-v0")
     assert ds.num_transitions == 5 and ds.arrays["rewards"][0] == 7.0
     assert not any((root / store.TMP_DIRNAME).iterdir())
+
+
+def test_local_dataset_of_another_size_is_used_with_a_warning(minari_root):
+    """A local dataset of our recipe is used as it is, but a run that would build another
+    size is told so, with both sizes and the ways to get the size it asks for."""
+    from o2o_jax.data import loader
+    said = []
+    ds = loader.ensure("hopper", "random", build_transitions=3000, log=said.append)
+    assert ds.num_transitions == 1500                       # the local one (conftest's)
+    warning = [s for s in said if "WARNING" in s]
+    assert len(warning) == 1
+    assert "1,500 transitions, not the 3,000" in warning[0]
+    assert "--transitions=3000 --force" in warning[0] and "MINARI_DATASETS_PATH" in warning[0]
+    said.clear()
+    loader.ensure("hopper", "random", build_transitions=1500, log=said.append)
+    assert said == []                                       # the size asked for: silent

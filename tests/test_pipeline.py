@@ -152,6 +152,7 @@ def test_resume_of_init_from_run_needs_no_source(reference_run, tmp_path):
     shutil.rmtree(source)
     again = pipeline.run(cfg)       # resumes at step 10: the same run, no source read
     assert again["offline"]["per_seed_return"] == first["offline"]["per_seed_return"]
+    assert first["dataset_transitions"] == 1500     # conftest's dataset, as it was used
     # With no checkpoint of its own, a missing source is still refused before any write.
     fresh = tiny_config(tmp_path, "fresh", **{"offline.init_from": source,
                                               "offline.steps": 20, "online.epochs": 0})

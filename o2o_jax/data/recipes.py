@@ -84,6 +84,13 @@ def default_id(env_name: str, kind: str) -> str:
     return f"{NAMESPACE}/{env_name}/{kind}-v{VERSION}"
 
 
+def built_size(kind: str, transitions: int) -> Optional[int]:
+    """The number of transitions a build of `kind` with `transitions` holds; None where it
+    is not set by it alone (medium-replay: whatever SAC collected; medium-expert: the two
+    parts as they are)."""
+    return transitions if kind in ("random", "medium", "expert") else None
+
+
 def parse_id(dataset_id: str):
     """(env, kind) if `dataset_id` is one of our recipe's ids, else None."""
     parts = dataset_id.split("/")
