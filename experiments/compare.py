@@ -66,6 +66,11 @@ def offline_signature(cfg):
     for k in ["online", "algo"] + [a.config_section[0] for a in algorithm.all_algorithms()
                                    if a.config_section and a is not algo]:
         d.pop(k, None)     # other methods' sections cannot change this offline phase
+    if algo.config_section and algo.offline_section_keys is not None:   # nor its online keys
+        own = d.pop(algo.config_section[0], {})
+        kept = {k: own[k] for k in algo.offline_section_keys if k in own}
+        if kept:
+            d[algo.config_section[0]] = kept
     return (algo.offline_update(cfg), algo.create_members, json.dumps(d, sort_keys=True))
 
 

@@ -41,6 +41,9 @@ user package does). Shapes of the pieces:
   env step in which an episode ended (unchanged where `ended` is False; AdaptiveBC's
   controller). Both per seed (the loop vmaps them) and pure.
 * `config_section`: (name, default_config) of the method's own config section.
+  `offline_section_keys`: the keys of that section its pretraining reads (None, the
+  default: all of them; () for a section of online settings only, as UPQ's β). Methods
+  whose pretraining is the same computation pretrain once in `experiments.compare`.
 * `preset`: the paper's settings of the method, dotted config overrides (`apply_preset`).
 * `check(cfg)`: the method's config rules (raise `config_checks.ConfigError`).
 * `progress_keys`: the info keys the progress line shows.
@@ -91,6 +94,7 @@ class Algorithm:
     online_start: Optional[Callable] = None
     episode_end: Optional[Callable] = None
     config_section: Optional[Tuple[str, Callable]] = None
+    offline_section_keys: Optional[Tuple[str, ...]] = None
     preset: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     check: Optional[Callable] = None
     progress_keys: Tuple[str, ...] = ("critic_loss", "q_data")

@@ -112,3 +112,22 @@ def test_finished_run_needs_summary_and_same_config(tmp_path):
     assert pipeline.finished_run(cfg) is None
     cfg.run_name = ""                                         # a timestamped new run
     assert pipeline.finished_run(cfg) is None
+
+
+def test_offline_signature_shares_pretraining_across_online_only_sections():
+    """UPQ's section (β) is read online only (`offline_section_keys=()`): it pretrains as
+    off2on does, whatever β; a change to the pretraining config, or a method whose section
+    is read offline, is not shared."""
+    from experiments import compare
+    from configs import hopper_medium
+    base = hopper_medium.get_config("quick")
+    sig = {m: compare.offline_signature(compare.method_config(base, m, 2, "/tmp/x"))
+           for m in ("off2on", "upq", "calql")}
+    assert sig["off2on"] == sig["upq"]
+    other_beta = compare.method_config(base, "upq", 2, "/tmp/x")
+    other_beta.upq.beta = 0.5
+    assert compare.offline_signature(other_beta) == sig["off2on"]
+    more_steps = compare.method_config(base, "upq", 2, "/tmp/x")
+    more_steps.offline.steps += 1
+    assert compare.offline_signature(more_steps) != sig["off2on"]
+    assert sig["calql"] != sig["off2on"]

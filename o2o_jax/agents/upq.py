@@ -57,4 +57,5 @@ algorithm.register(algorithm.Algorithm(
     to_online=cql.to_ensemble_agent, online_update=lambda cfg: make_update(cfg.upq.beta),
     act=ensemble.act, act_eval=ensemble.act_eval, q_value=ensemble.q_ens,
     members_act_eval=cql.members_act_eval, config_section=("upq", default_config),
+    offline_section_keys=(),    # beta is in the online target only: pretraining is off2on's
     preset={}, check=_check))
