@@ -9,8 +9,9 @@ Budget overrides on the command line (--config.offline.steps=...) apply to every
 Writes <out>/<method>/ run directories, <out>/comparison.md and .csv, and figures. The
 table gives each method's final score, its start -> end (online epoch 0, the members it
 fine-tunes, to the last epoch) and the no-collapse measure: the largest drop below the start
-in the first 10 online epochs. Run again with the same arguments, it skips the methods that
-finished (summary.json and the same config) and resumes an interrupted one.
+in the first 10 online epochs. Run again with the same arguments (the same --out), it skips
+the methods that finished (summary.json and the same config), resumes an interrupted one,
+and stops before running anything if a method there finished with another config.
 
 Methods whose offline phase is the same computation (same pretraining losses and the same
 config apart from the online phase, e.g. off2on and cql_ft) pretrain once: the later ones
@@ -74,6 +75,16 @@ def offline_signature(cfg):
     return (algo.offline_update(cfg), algo.create_members, json.dumps(d, sort_keys=True))
 
 
+def pretrained_itself(run_dir: str) -> bool:
+    """Whether the run in `run_dir` (if any) began with its own pretraining."""
+    try:
+        with open(os.path.join(run_dir, "config.json")) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return not saved.get("online", {}).get("load_offline_from")
+
+
 def share_offline(cfgs, methods, out):
     """Point each method at the saved members of the first method with its offline
     signature; returns {method: method whose pretraining it uses}."""
@@ -82,10 +93,11 @@ def share_offline(cfgs, methods, out):
         sig = offline_signature(cfg)
         if sig is None:
             continue
-        if sig in first:
+        # (a run an earlier compare began with its own pretraining goes on so)
+        if sig in first and not pretrained_itself(os.path.join(out, method)):
             source[method] = first[sig]
             cfg.online.load_offline_from = os.path.join(out, first[sig], "offline_members")
-        else:
+        elif sig not in first:
             first[sig] = method
     return source
 
@@ -103,6 +115,18 @@ def start_end_drop(run, within: int = 10):
         stats.largest_drop(by_epoch, start=0, within=within)
 
 
+def offline_scores(run) -> np.ndarray:
+    """Per seed, the normalised score of the members the offline stage handed over (the
+    summary's: after a method's phase after pretraining, e.g. PR-FT's refinement); empty
+    if the run has none."""
+    from o2o_jax import rundir
+    offline = (run.summary or {}).get("offline") or {}
+    if offline.get("per_seed_normalized") is not None:
+        return np.asarray(offline["per_seed_normalized"], dtype=np.float64)
+    return (rundir.final_values(run, "normalized_score", "offline")
+            if rundir.has_metric(run, "normalized_score", "offline") else np.array([]))
+
+
 def table(out: str, methods, runs, offline_runs=None) -> str:
     from o2o_jax import rundir, stats
     lines = ["| method | final normalised score (mean ± std over seeds) | IQM | 95% CI of mean "
@@ -111,9 +135,7 @@ def table(out: str, methods, runs, offline_runs=None) -> str:
     rows = []
     for method, run, off_run in zip(methods, runs, offline_runs or runs):
         start, final, drop = start_end_drop(run)
-        off = (rundir.final_values(off_run, "normalized_score", "offline")
-               if rundir.has_metric(off_run, "normalized_score", "offline")
-               else np.array([]))
+        off = offline_scores(off_run)
         s = stats.summarize(final)
         off_txt = f"{np.nanmean(off):.1f}" if off.size else "—"
         if off_run is not run and off.size:
@@ -155,16 +177,23 @@ def main(argv):
     for cfg in cfgs:
         config_checks.check(cfg)
     source = share_offline(cfgs, methods, out) if _SHARE.value else {}
+    for cfg in cfgs:   # before anything runs: a finished run of another config stops it
+        done = pipeline.finished(cfg)
+        if done and done[1]:
+            from o2o_jax import checkpoints
+            raise checkpoints.CheckpointError(
+                f"{done[0]} finished with another config (it differs in "
+                f"{', '.join(done[1][:8])}); use another --out, or delete that run "
+                "directory to run it again with this one")
     t0 = time.time()
     for i, cfg in enumerate(cfgs):
         shared = (f"; fine-tunes the members pretrained for {source[methods[i]]}"
                   if methods[i] in source else "")
         print(f"[compare] {i + 1}/{len(cfgs)}: {cfg.algo} ({_SEEDS.value} seeds){shared}; "
               f"elapsed {time.time() - t0:.0f} s", flush=True)
-        done = pipeline.finished_run(cfg)
-        if done:
-            print(f"[compare] {cfg.algo}: finished in {done} with this config; not run "
-                  "again (delete its summary.json to rerun it)", flush=True)
+        if pipeline.finished(cfg):
+            print(f"[compare] {cfg.algo}: finished in {pipeline.run_path(cfg)} with this "
+                  "config; not run again (delete its summary.json to rerun it)", flush=True)
             continue
         pipeline.run(cfg)
     runs = [rundir.load_run(os.path.join(out, m)) for m in methods]

@@ -5,7 +5,7 @@
 # and resumes unfinished ones. The first use of a dataset builds it (hopper-medium: SAC to
 # the medium point first, ~40 min, unless the package ships the policy).
 #
-# The paper-budget runs (iql, td3bc) want the 1M-transition medium datasets; the quick
+# The paper-budget runs (iql, td3bc, adaptive-bc) want the 1M-transition medium datasets; the quick
 # config builds hopper-medium at 100k, and a local dataset is used as it is (with a
 # warning): point MINARI_DATASETS_PATH at a folder without a smaller one for them.
 #
@@ -43,7 +43,8 @@ case "$WHAT" in
   adaptive-bc)  # AdaptiveBC at a reduced budget this CPU allows (issue 16), hopper only.
     # Its 10 critics run at ~61 updates/s here (BENCHMARKS.md): the paper budget (1M
     # offline, 250k env steps at UTD 10) is ~16 h per env. Here: 250k offline steps
-    # (~70 min) and 25 online epochs = 25k env steps at UTD 10 = 250k updates (~70 min).
+    # (~70 min) and 25 online epochs = 29k env steps with the first epoch's 5x, at UTD 10
+    # ~290k updates (~80 min).
     train "configs/hopper_medium.py:adaptive_bc" "adaptive_bc_hopper_medium_250k" \
         --config.offline.steps=250000 --config.online.epochs=25 ;;
   compare-iql)        # the comparison table of issue 15 at the quick budget

@@ -163,6 +163,12 @@ def comparable_config(cfg) -> dict:
     return comparable_dict(json.loads(cfg.to_json_best_effort()))
 
 
+def config_diff(saved: dict, cfg) -> list:
+    """The dotted keys in which a saved config (e.g. a run's config.json) differs from
+    `cfg`, up to the fields a resume may change (`comparable_config`)."""
+    return sorted(_diff_keys(comparable_dict(saved), comparable_config(cfg)))
+
+
 def comparable_dict(d: dict) -> dict:
     """`comparable_config` of a config already as a dict (e.g. a run's config.json)."""
     d = copy.deepcopy(d)
@@ -288,11 +294,11 @@ def members_expect(cfg, obs_dim: int, act_dim: int,
     expect = members_meta(cfg, obs_dim, act_dim)
     try:
         meta = read_meta(path)
-    except CheckpointError as e:
+        if meta.get("num_seeds") == 1:
+            expect["num_seeds"] = 1
+        check_meta(path, meta, expect)
+    except CheckpointError as e:   # named by the config field that points there
         raise CheckpointError(f"{field}: {e}") from e
-    if meta.get("num_seeds") == 1:
-        expect["num_seeds"] = 1
-    check_meta(path, meta, expect)
     from o2o_jax import algorithm
     post = algorithm.get(cfg.algo).post_offline
     # (Pretraining on from members, `offline.init_from`, runs the method's phase after it.)

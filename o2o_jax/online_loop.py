@@ -80,7 +80,8 @@ def _per_step_keys(keys: jax.Array, num: int):
 def finetune(ctx: Context, state, key, start_epoch: int = 0, resume_meta=None,
              offline_return=None):
     """Online phase (spec section 5): per epoch evaluate, collect, train; S seeds at once.
-    `offline_return` (the pretrained members' score) rides in the checkpoints so that a
+    `offline_return` (the score of the members the offline stage handed over: after a
+    method's phase after pretraining where it has one) rides in the checkpoints so that a
     resumed run's summary still reports it."""
     cfg, oc = ctx.cfg, ctx.cfg.online
     step_cfg = step_config(cfg)

@@ -15,15 +15,17 @@ with `jax.distributed` (the `distributed` config section), on several (see
 o2o_jax/distributed.py: every process runs this same code; the primary writes).
 
 The run directory holds config.json, metrics.csv (one row per seed per log point),
-summary.json, offline_members/ (the pretrained members) and checkpoints/ (full training
-state, the last `checkpoint.keep` of them); re-running into the same directory resumes.
+summary.json (once the run has finished), offline_members/ (the members the offline stage
+hands over: pretrained, then through a method's phase after pretraining where it has one)
+and checkpoints/ (full training state, the last `checkpoint.keep` of them); re-running
+into the same directory resumes.
 """
 import glob
 import json
 import os
 import sys
 import time
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +37,7 @@ from o2o_jax.checkpoints import (CheckpointManager, branch_source, comparable_co
 from o2o_jax.context import Context
 from o2o_jax.offline_loop import post_offline_phase, pretrain
 from o2o_jax.online_loop import finetune, init_online, member_mask
-from o2o_jax.rundir import RunDir, read_metrics_rows
+from o2o_jax.rundir import CONFIG_FILE, SUMMARY_FILE, RunDir, read_metrics_rows
 from o2o_jax.seeds import seed_list, split_each
 from o2o_jax.sharding import Sharder
 from o2o_jax.transitions import TRANSITION_KEYS
@@ -52,22 +54,23 @@ def run_path(cfg) -> str:
     return os.path.join(cfg.run_dir, f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-def finished_run(cfg) -> Optional[str]:
-    """The run directory of `cfg` if it names one (`run_name`) that has finished with the
-    same config (its summary.json is there and its config.json agrees, as a checkpoint
-    must); None otherwise. Lets a driver of many runs (experiments.compare) skip the
-    finished ones when run again."""
+def finished(cfg) -> Optional[Tuple[str, List[str]]]:
+    """(run directory, the config keys it differs in) if `cfg` names a run directory
+    (`run_name`) whose run has finished (its summary.json is there: `run` removes it when
+    a run starts or resumes); None otherwise. The keys are empty when it finished with
+    this very config (up to what a resume may change). Lets a driver of many runs
+    (experiments.compare) skip the finished ones when run again."""
     if not cfg.run_name:
         return None
     path = run_path(cfg)
     try:
-        with open(os.path.join(path, "summary.json")) as f:
+        with open(os.path.join(path, SUMMARY_FILE)) as f:
             json.load(f)
-        with open(os.path.join(path, "config.json")) as f:
+        with open(os.path.join(path, CONFIG_FILE)) as f:
             saved = json.load(f)
     except (OSError, ValueError):
         return None
-    return path if checkpoints.comparable_dict(saved) == comparable_config(cfg) else None
+    return path, checkpoints.config_diff(saved, cfg)
 
 
 # ----------------------------------------------------------------------------- data
@@ -120,21 +123,19 @@ def run(cfg) -> dict:
         # Every input is checked before anything of the run is written: a bad dataset or
         # members checkpoint leaves no run directory behind.
         dataset = load_dataset_everywhere(cfg, obs_dim, act_dim)
-        if cfg.online.load_offline_from:
-            members_expect(cfg, obs_dim, act_dim)
         path = distributed.broadcast_str(run_path(cfg))   # one clock names the directory
         existed = os.path.isdir(path)
-        # Members to start pretraining from are read only by a run with no checkpoint of
-        # its own yet: once it has one it resumes from that (the source may be gone).
-        if cfg.offline.get("init_from", "") and not (
-                existed and CheckpointManager(os.path.join(path, "checkpoints"), 1,
-                                              None).complete()):
+        # Members (to fine-tune, to pretrain on from, or a branch's source) are read only
+        # by a run with no checkpoint of its own yet: once it has one it resumes from that
+        # (the source may be gone by then).
+        own_ckpt = existed and bool(CheckpointManager(os.path.join(path, "checkpoints"), 1,
+                                                      None).complete())
+        if cfg.online.load_offline_from and not own_ckpt:
+            members_expect(cfg, obs_dim, act_dim)
+        if cfg.offline.get("init_from", "") and not own_ckpt:
             members_expect(cfg, obs_dim, act_dim, "offline.init_from")
-        # A branch is checked against its source only when it starts: once it has
-        # checkpoints of its own it resumes from them (the source may be gone by then).
-        branch = (branch_source(cfg) if cfg.online.get("branch_from", "") and not (
-            existed and CheckpointManager(os.path.join(path, "checkpoints"), 1,
-                                          None).complete()) else None)
+        branch = (branch_source(cfg) if cfg.online.get("branch_from", "") and not own_ckpt
+                  else None)
         # The writer takes the directory's lock first: a second process is refused here.
         run_dir = RunDir(path, tensorboard=cfg.tensorboard, write=distributed.is_primary())
         try:
@@ -148,6 +149,9 @@ def run(cfg) -> dict:
                               "the run directory must be on a filesystem every host shares")
             distributed.barrier("o2o_run_dir")   # all have looked before the primary writes
             run_dir.write_config(cfg.to_json_best_effort(indent=2))
+            # Until this run ends, no summary of an earlier one says it has finished.
+            if distributed.is_primary() and os.path.exists(os.path.join(path, SUMMARY_FILE)):
+                os.remove(os.path.join(path, SUMMARY_FILE))
             how = "branching from" if latest and latest.get("branch") else "resuming from"
             print(f"run directory: {run_dir.path}" + (f" ({how} {latest['path']})"
                                                       if latest else ""))

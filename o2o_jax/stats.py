@@ -98,15 +98,17 @@ def largest_drop(scores, start: int = 0, within: int = 10) -> np.ndarray:
     """Per row (seed) of `scores` [S, T] (T points of a curve, NaN where missing): the
     largest fall below the score at index `start` over indices start..start + `within`,
     i.e. max(score[start] - score[start..start + within]); 0 if the curve never falls
-    below its start there, NaN if the start is missing. The no-collapse measure of
-    fine-tuning: `scores` by online epoch, start 0 = the pretrained members' score."""
+    below its start there, NaN if the start is missing or no later point is there. The
+    no-collapse measure of fine-tuning: `scores` by online epoch, start 0 = the
+    pretrained members' score."""
     scores = np.atleast_2d(np.asarray(scores, dtype=np.float64))
     if scores.shape[1] <= start:
         return np.full(scores.shape[0], np.nan)
     window = scores[:, start:start + within + 1]
     falls = window[:, :1] - window
     out = np.where(np.isfinite(falls), falls, -np.inf).max(axis=1)   # the start itself: 0
-    return np.where(np.isfinite(window[:, 0]), out, np.nan)
+    later = np.isfinite(window[:, 1:]).any(axis=1)
+    return np.where(np.isfinite(window[:, 0]) & later, out, np.nan)
 
 
 def summarize(values, confidence: float = 0.95, num_resamples: int = 10_000,

@@ -86,11 +86,21 @@ def test_compare_writes_table_consistent_with_runs(minari_root, tmp_path):
     with open(os.path.join(out, "comparison.csv")) as f:
         assert {r["method"]: r["per_seed"] for r in csv.DictReader(f)} == {
             m: r["per_seed"] for m, r in rows.items()}
+    # another config in the same --out: stopped before anything runs, naming the keys
+    other = subprocess.run(
+        [sys.executable, "-m", "experiments.compare", "--config=configs/hopper_medium.py:quick",
+         "--methods=off2on,sac_ft,cql_ft", "--seeds=2", f"--out={out}", *TINY,
+         "--config.online.epochs=3"], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=900)
+    assert other.returncode != 0
+    assert "finished with another config" in other.stderr + other.stdout
+    assert "online.epochs" in other.stderr + other.stdout
+    assert mtimes == {m: os.path.getmtime(os.path.join(out, m, "metrics.csv")) for m in rows}
 
 
-def test_finished_run_needs_summary_and_same_config(tmp_path):
-    """pipeline.finished_run: a run directory counts as finished only with its summary.json
-    and a config.json equal to the config (up to the fields a resume may change)."""
+def test_finished_needs_summary_and_names_config_differences(tmp_path):
+    """pipeline.finished: a run directory counts as finished only with its summary.json,
+    and says in which config keys it differs (none up to the fields a resume may change)."""
     import ml_collections
     from o2o_jax import pipeline
     from configs import hopper_medium
@@ -98,20 +108,21 @@ def test_finished_run_needs_summary_and_same_config(tmp_path):
     cfg.run_dir, cfg.run_name = str(tmp_path), "m"
     path = tmp_path / "m"
     path.mkdir()
-    assert pipeline.finished_run(cfg) is None                 # nothing there
+    assert pipeline.finished(cfg) is None                     # nothing there
     (path / "config.json").write_text(cfg.to_json_best_effort(indent=2))
-    assert pipeline.finished_run(cfg) is None                 # no summary.json yet
+    assert pipeline.finished(cfg) is None                     # no summary.json yet
     (path / "summary.json").write_text("{}")
-    assert pipeline.finished_run(cfg) == str(path)
+    assert pipeline.finished(cfg) == (str(path), [])
     other = ml_collections.ConfigDict(cfg.to_dict())
     other.tensorboard = not cfg.tensorboard                   # not part of a run's result
-    assert pipeline.finished_run(other) == str(path)
+    assert pipeline.finished(other) == (str(path), [])
     other.online.epochs = cfg.online.epochs + 1               # another experiment
-    assert pipeline.finished_run(other) is None
+    other.agent.num_members = 7
+    assert pipeline.finished(other) == (str(path), ["agent.num_members", "online.epochs"])
     (path / "summary.json").write_text("{trunc")              # a torn write: not finished
-    assert pipeline.finished_run(cfg) is None
+    assert pipeline.finished(cfg) is None
     cfg.run_name = ""                                         # a timestamped new run
-    assert pipeline.finished_run(cfg) is None
+    assert pipeline.finished(cfg) is None
 
 
 def test_offline_signature_shares_pretraining_across_online_only_sections():
@@ -131,3 +142,26 @@ def test_offline_signature_shares_pretraining_across_online_only_sections():
     more_steps.offline.steps += 1
     assert compare.offline_signature(more_steps) != sig["off2on"]
     assert sig["calql"] != sig["off2on"]
+
+
+def test_a_method_that_began_its_own_pretraining_is_not_redirected(tmp_path):
+    """share_offline: a method that an earlier compare began with its own pretraining (its
+    run directory's config.json loads no members) goes on so; otherwise it is pointed at
+    the first method's members with the same pretraining."""
+    from experiments import compare
+    from configs import hopper_medium
+    base, out = hopper_medium.get_config("quick"), str(tmp_path)
+    methods = ["off2on", "upq"]
+
+    def shared():
+        cfgs = [compare.method_config(base, m, 2, out) for m in methods]
+        return compare.share_offline(cfgs, methods, out), cfgs
+
+    source, cfgs = shared()
+    assert source == {"upq": "off2on"}
+    assert cfgs[1].online.load_offline_from == os.path.join(out, "off2on", "offline_members")
+    os.makedirs(tmp_path / "upq")
+    (tmp_path / "upq" / "config.json").write_text(json.dumps({"online": {
+        "load_offline_from": ""}}))
+    source, cfgs = shared()
+    assert source == {} and cfgs[1].online.load_offline_from == ""

@@ -455,3 +455,7 @@ def test_local_dataset_of_another_size_is_used_with_a_warning(minari_root):
     said.clear()
     loader.ensure("hopper", "random", build_transitions=1500, log=said.append)
     assert said == []                                       # the size asked for: silent
+    said.clear()       # also when ours stands in for another id it could not download
+    loader.ensure("hopper", "random", "mujoco/hopper/random-v0", build_transitions=3000,
+                  download_timeout_s=1.0, log=said.append)
+    assert sum("1,500 transitions, not the 3,000" in s for s in said) == 1

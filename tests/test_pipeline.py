@@ -423,3 +423,23 @@ def test_sharded_run_equals_unsharded(minari_root, tmp_path):
     assert "NamedSharding" not in res["members_off"]["sharding"]
     for k in ("final", "offline"):
         np.testing.assert_allclose(res["members"][k], res["members_off"][k], rtol=1e-4)
+
+
+def test_a_run_that_starts_again_removes_its_old_summary(reference_run, monkeypatch):
+    """While a run goes on (resumed, or started again), its directory holds no summary.json
+    of an earlier run: an interrupted rerun is not taken for a finished one."""
+    ref, ref_dir = reference_run
+    import shutil
+    copy = ref_dir + "_again"
+    shutil.copytree(ref_dir, copy)
+    cfg = tiny_config(os.path.dirname(copy), os.path.basename(copy))   # the reference's
+    assert pipeline.finished(cfg) == (copy, [])
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "_run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run(cfg)
+    assert not os.path.exists(os.path.join(copy, "summary.json"))
+    assert pipeline.finished(cfg) is None

@@ -108,3 +108,6 @@ def test_largest_drop_by_hand():
     # another start and window: from index 3 over 3..5 (52 -> 30)
     np.testing.assert_array_equal(stats.largest_drop(scores[:1], start=3, within=2), [22.])
     assert np.isnan(stats.largest_drop(np.zeros((2, 1)), start=1)).all()
+    # a start with no later point in the window says nothing: NaN, not "never fell"
+    assert np.isnan(stats.largest_drop([[5., nan, nan]])).all()
+    assert np.isnan(stats.largest_drop(np.zeros((2, 1)))).all()

@@ -264,6 +264,7 @@ def test_refinement_runs_on_another_runs_td3_bc_members(minari_root, tmp_path):
         total, done = total + float(r), term or trunc
     assert summary["offline"]["per_seed_return"][0] == pytest.approx(total, rel=1e-4)
     assert float(rows[-1]["eval_return"]) == pytest.approx(total, rel=1e-4)
+    assert total != pytest.approx(float(src[-1]["eval_return"]), rel=1e-3)   # not TD3+BC's
     assert rows[-1]["phase"] != "offline"
     # With no refinement steps either, nothing would run: refused, naming both fields.
     from o2o_jax import config_checks

@@ -372,17 +372,21 @@ def ensure(env_name: str, kind: str, dataset_id: str = "", build_transitions: in
     recipes.check_env_kind(env_name, kind)
     ours = recipes.default_id(env_name, kind)
     dataset_id = dataset_id or ours
-    if store.exists_locally(dataset_id):
-        dataset = load(dataset_id, env_name)
+
+    def local_ours():   # our recipe's local dataset, said so if of another size
+        dataset = load(ours, env_name)
         size = recipes.built_size(kind, build_transitions)
-        if dataset_id == ours and size is not None and dataset.num_transitions != size:
-            log(f"[data] WARNING: the local {dataset_id} holds {dataset.num_transitions:,} "
+        if size is not None and dataset.num_transitions != size:
+            log(f"[data] WARNING: the local {ours} holds {dataset.num_transitions:,} "
                 f"transitions, not the {size:,} this run would build "
                 "(dataset.build_transitions); it is used as it is. To use "
                 f"{size:,}, rebuild it (python -m experiments.make_dataset --env={env_name} "
                 f"--kind={kind} --transitions={size} --force) or point MINARI_DATASETS_PATH "
                 "at another folder, where it is built at that size.")
         return dataset
+
+    if store.exists_locally(dataset_id):
+        return local_ours() if dataset_id == ours else load(dataset_id, env_name)
     if not dataset_id.startswith(recipes.NAMESPACE + "/"):
         log(f"[data] {dataset_id} is not local; trying to download it "
             f"(at most {download_timeout_s:g} s)")
@@ -393,7 +397,7 @@ def ensure(env_name: str, kind: str, dataset_id: str = "", build_transitions: in
             "instead.")
         dataset_id = ours
         if store.exists_locally(dataset_id):
-            return load(dataset_id, env_name)
+            return local_ours()
     elif dataset_id != ours:
         raise DatasetNotFoundError(missing_message(dataset_id))
     log(f"[data] {dataset_id} is not local: building it with our recipe "
