@@ -60,6 +60,9 @@ def test_compare_writes_table_consistent_with_runs(minari_root, tmp_path):
     assert float(rows["off2on"]["offline_mean"]) == float(rows["cql_ft"]["offline_mean"])
     md = open(os.path.join(out, "comparison.md")).read()
     assert "| off2on |" in md and "| sac_ft |" in md
+    total = sum(json.load(open(os.path.join(out, m, "summary.json")))[k]
+                for m in rows for k in ("offline_time_s", "online_time_s"))
+    assert f"from their summaries) {total:.0f} s." in md
     assert os.path.getsize(os.path.join(out, "online_normalized_score.png")) > 5000
     # start -> end and the largest drop below the start, from metrics.csv by hand
     for method, row in rows.items():
@@ -82,6 +85,8 @@ def test_compare_writes_table_consistent_with_runs(minari_root, tmp_path):
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("not run again") == 3, again.stdout[-3000:]
+    with open(os.path.join(out, "comparison.md")) as f:
+        assert f"from their summaries) {total:.0f} s." in f.read()      # not this call's
     assert mtimes == {m: os.path.getmtime(os.path.join(out, m, "metrics.csv")) for m in rows}
     with open(os.path.join(out, "comparison.csv")) as f:
         assert {r["method"]: r["per_seed"] for r in csv.DictReader(f)} == {
