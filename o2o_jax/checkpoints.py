@@ -181,8 +181,11 @@ def comparable_dict(d: dict) -> dict:
 class CheckpointManager:
     """<run>/checkpoints/<order>/: full state; keeps the newest `keep` complete ones."""
 
-    def __init__(self, root: str, keep: int, config: dict):
-        self.root, self.keep, self.config = root, keep, config
+    def __init__(self, root: str, keep: int, config: dict, dataset: Optional[dict] = None):
+        """`dataset`: what identifies the offline data the run trains on (id, size, a
+        checksum); saved with each checkpoint and compared on resume, so that a dataset
+        rebuilt in between is not silently trained on from the middle of a run."""
+        self.root, self.keep, self.config, self.dataset = root, keep, config, dataset
 
     def complete(self):
         paths = sorted(glob.glob(os.path.join(self.root, "[0-9]" * 10)))
@@ -194,11 +197,23 @@ class CheckpointManager:
             return None
         meta = read_meta(done[-1])
         check_meta(done[-1], meta, {"config": self.config})
+        saved = meta.get("dataset")   # (absent in checkpoints of older versions)
+        if self.dataset is not None and saved is not None and saved != self.dataset:
+            raise CheckpointError(
+                f"checkpoint {done[-1]!r} was made on dataset {saved.get('id')!r} of "
+                f"{saved.get('transitions'):,} transitions (checksum {saved.get('checksum')}); "
+                f"the one loaded now is {self.dataset.get('id')!r} of "
+                f"{self.dataset.get('transitions'):,} (checksum "
+                f"{self.dataset.get('checksum')}): it was rebuilt or replaced since. Put that "
+                "dataset back (MINARI_DATASETS_PATH) to resume, or start a new run "
+                "(another run_name)")
         return {**meta, "path": done[-1]}
 
     def save(self, order: int, tree, meta: dict, extra: Optional[dict] = None):
         path = os.path.join(self.root, f"{order:010d}")
-        save(path, tree, {**meta, "config": self.config}, extra_files=extra)
+        save(path, tree, {**meta, "config": self.config,
+                          **({"dataset": self.dataset} if self.dataset is not None else {})},
+             extra_files=extra)
         if not distributed.is_primary():
             return
         for old in self.complete()[:-self.keep]:

@@ -140,7 +140,7 @@ def run(cfg) -> dict:
         run_dir = RunDir(path, tensorboard=cfg.tensorboard, write=distributed.is_primary())
         try:
             ckpt = CheckpointManager(os.path.join(path, "checkpoints"), cfg.checkpoint.keep,
-                                     comparable_config(cfg))
+                                     comparable_config(cfg), dataset_identity(dataset))
             latest = ckpt.latest() if existed else None
             if latest is None and branch is not None:   # a new branch: start at its source
                 latest = {**branch, "branch": True}
@@ -160,6 +160,16 @@ def run(cfg) -> dict:
             run_dir.close()   # also on errors and interrupts: TensorBoard writers flushed
 
 
+def dataset_identity(dataset) -> dict:
+    """What a run's checkpoints record of its offline data: id, size and a checksum."""
+    return {"id": dataset.dataset_id, "transitions": int(dataset.num_transitions),
+            "checksum": _checksum(dataset)}
+
+
+def _checksum(dataset) -> str:
+    return repr(float(np.sum(dataset.arrays["observations"], dtype=np.float64)))
+
+
 def load_dataset_everywhere(cfg, obs_dim: int, act_dim: int):
     """The primary builds a missing dataset; the other processes then read it."""
     dataset = load_dataset(cfg, obs_dim, act_dim) if distributed.is_primary() else None
@@ -167,8 +177,7 @@ def load_dataset_everywhere(cfg, obs_dim: int, act_dim: int):
     if dataset is None:
         dataset = load_dataset(cfg, obs_dim, act_dim)
     distributed.agree(
-        lambda: f"{dataset.num_transitions} "
-                f"{float(np.sum(dataset.arrays['observations'], dtype=np.float64))!r}",
+        lambda: f"{dataset.num_transitions} {_checksum(dataset)}",
         f"dataset {dataset.dataset_id}", "point MINARI_DATASETS_PATH of every host at one "
         "shared folder (or copy the primary's dataset there)")
     return dataset

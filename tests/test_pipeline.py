@@ -443,3 +443,25 @@ def test_a_run_that_starts_again_removes_its_old_summary(reference_run, monkeypa
         pipeline.run(cfg)
     assert not os.path.exists(os.path.join(copy, "summary.json"))
     assert pipeline.finished(cfg) is None
+
+
+def test_resume_refuses_a_dataset_rebuilt_since_the_checkpoint(minari_root, tmp_path):
+    """Checkpoints record the offline data (id, size, checksum of the observations); a
+    resume on other data (the dataset rebuilt in between) is refused by name."""
+    from o2o_jax import data
+    cfg = tiny_config(tmp_path, "r", **{"checkpoint.every_offline_steps": 20,
+                                        "offline.steps": 40, "online.epochs": 0})
+    pipeline.run(cfg)
+    ckpts = pipeline.CheckpointManager(str(tmp_path / "r" / "checkpoints"), 2, None)
+    meta_path = os.path.join(ckpts.complete()[-1], "meta.json")
+    meta = json.load(open(meta_path))
+    ds = data.load("o2o/hopper/random-v0", "hopper")
+    assert meta["dataset"] == {"id": "o2o/hopper/random-v0", "transitions": 1500,
+                               "checksum": repr(float(np.asarray(
+                                   ds.arrays["observations"], np.float64).sum()))}
+    pipeline.run(cfg)                               # the same data: resumes
+    meta["dataset"]["checksum"] = "1.0"             # as if made on other data
+    with open(meta_path, "w") as f:
+        json.dump(meta, f)
+    with pytest.raises(checkpoints.CheckpointError, match="rebuilt or replaced"):
+        pipeline.run(cfg)
