@@ -5,12 +5,12 @@
 # and resumes unfinished ones. The first use of a dataset builds it (hopper-medium: SAC to
 # the medium point first, ~40 min, unless the package ships the policy).
 #
-# The paper-budget runs (iql, td3bc, adaptive-bc) want the 1M-transition medium datasets; the quick
-# config builds hopper-medium at 100k, and a local dataset is used as it is (with a
-# warning): point MINARI_DATASETS_PATH at a folder without a smaller one for them.
+# The paper-budget runs (iql, td3bc, adaptive-bc) want the 1M-transition medium datasets;
+# the quick config builds hopper-medium at 100k, and a local dataset is used as it is
+# (with a warning): point MINARI_DATASETS_PATH at a folder without a smaller one for them.
 #
-#   OUT=runs/methods bash experiments/method_runs.sh [iql|td3bc|adaptive-bc|compare-iql|compare-td3|
-#                                                     compare-ensembles]
+#   OUT=runs/methods bash experiments/method_runs.sh [iql|td3bc|adaptive-bc|compare-iql|
+#                                                     compare-td3|compare-ensembles]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/methods}
