@@ -22,6 +22,18 @@ def evaluate_offline(ctx: Context, members):
                                ctx.cfg.offline.eval_episodes, seeds)
 
 
+def scored(ctx: Context, members):
+    """(mean eval return per seed, the row's extra columns) of an offline evaluation."""
+    returns = evaluate_offline(ctx, members).mean(axis=1)
+    return returns, {"eval_return": returns,
+                     "normalized_score": envs.normalized_score(ctx.cfg.env, returns)}
+
+
+def eval_message(ctx: Context, returns) -> str:
+    return (f" | eval {np.mean(returns):.1f} "
+            f"({np.mean(envs.normalized_score(ctx.cfg.env, returns)):.1f})")
+
+
 def pretrain(ctx: Context, members, key, start_step: int = 0):
     """Offline phase: cfg.offline.steps updates per member per seed, evaluating and
     checkpointing periodically. Returns (members, mean eval return per seed or None)."""
@@ -31,12 +43,10 @@ def pretrain(ctx: Context, members, key, start_step: int = 0):
     ckpt_every = cfg.checkpoint.every_offline_steps or oc.steps
     if start_step == 0 and oc.get("init_from", ""):
         # Members from a checkpoint: their score before any update here (step 0).
-        last_eval = evaluate_offline(ctx, members).mean(axis=1)
+        last_eval, extra = scored(ctx, members)
         check_finite(ctx, {"eval_return": last_eval}, "the evaluation of offline.init_from")
         for row in per_seed_rows({"phase": "offline", "step": 0, "env_steps": 0}, {},
-                                 ctx.seeds, {"eval_return": last_eval,
-                                             "normalized_score": envs.normalized_score(
-                                                 cfg.env, last_eval)}):
+                                 ctx.seeds, extra):
             ctx.run_dir.log(row)
     while step < oc.steps:
         next_eval = (step // oc.eval_interval + 1) * oc.eval_interval
@@ -51,10 +61,7 @@ def pretrain(ctx: Context, members, key, start_step: int = 0):
         step += k
         extra = {}
         if step % oc.eval_interval == 0 or step == oc.steps:
-            returns = evaluate_offline(ctx, members).mean(axis=1)
-            last_eval = returns
-            extra = {"eval_return": returns,
-                     "normalized_score": envs.normalized_score(cfg.env, returns)}
+            last_eval, extra = scored(ctx, members)
         check_finite(ctx, {**info, **extra}, f"offline step {step:,}")
         for row in per_seed_rows({"phase": "offline", "step": step, "env_steps": 0}, info,
                                  ctx.seeds, extra):
@@ -62,8 +69,7 @@ def pretrain(ctx: Context, members, key, start_step: int = 0):
         msg = " ".join(f"{k} {to_scalar(info[k]):.3g}"
                        for k in algorithm.get(cfg.algo).progress_keys if k in info)
         if last_eval is not None:
-            msg += (f" | eval {np.mean(last_eval):.1f} "
-                    f"({np.mean(envs.normalized_score(cfg.env, last_eval)):.1f})")
+            msg += eval_message(ctx, last_eval)
         progress.update(step, msg)
         if step % ckpt_every == 0 and step < oc.steps:
             ctx.run_dir.flush()
@@ -97,9 +103,7 @@ def post_offline_phase(ctx: Context, members, key, post):
         check_finite(ctx, info, f"{post.phase} step {step:,}")
         extra = {}
         if step >= total:
-            returns = evaluate_offline(ctx, members).mean(axis=1)
-            extra = {"eval_return": returns,
-                     "normalized_score": envs.normalized_score(cfg.env, returns)}
+            returns, extra = scored(ctx, members)
             check_finite(ctx, extra, f"the evaluation after {post.phase}")
         for row in per_seed_rows({"phase": post.phase, "step": step, "env_steps": 0}, info,
                                  ctx.seeds, extra):
@@ -107,7 +111,6 @@ def post_offline_phase(ctx: Context, members, key, post):
         shown = [k for k in ("critic_loss", "actor_loss") if k in info]
         msg = " ".join(f"{k} {to_scalar(info[k]):.3g}" for k in shown)
         if extra:
-            msg += (f" | eval {np.mean(returns):.1f} "
-                    f"({np.mean(extra['normalized_score']):.1f})")
+            msg += eval_message(ctx, returns)
         progress.update(step, msg)
     return members, returns
