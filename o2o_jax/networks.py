@@ -7,6 +7,7 @@ made by stacking parameter pytrees on a leading axis and `jax.vmap`-ing apply.
 from typing import Callable, Optional, Sequence
 
 import functools
+import math
 
 import flax.linen as nn
 import jax
@@ -22,8 +23,29 @@ def kernel_init(name: str):
     if name == "lecun":
         return nn.initializers.lecun_normal()
     if name == "orthogonal":
-        return nn.initializers.orthogonal(jnp.sqrt(2.0))
+        return orthogonal(math.sqrt(2.0))
     raise ValueError(f"unknown kernel init {name!r}; allowed: 'lecun', 'orthogonal'")
+
+
+def orthogonal(scale: float):
+    """flax's orthogonal initialiser whose `jax.vmap` is a loop (same values).
+
+    Why: members and seeds are created under `jax.vmap`, which turns each kernel's QR into
+    one batched LAPACK call. jaxlib 0.10's CPU LAPACK kernels split a batch into tasks on
+    XLA's intra-op thread pool and block until they finish; when the compiled program runs
+    as many batched QRs at once as the pool has threads (2 on a 2-core machine), every
+    thread waits for tasks none is free to run, and the program never completes (an IQL
+    run with 2 or 3 vmapped seeds hung silently in its creation; gdb: both pool threads in
+    `jax::ParallelBatchMap` -> `BlockingCounter::Wait` under `lapack_sgeqrf_ffi` and
+    `lapack_sorgqr_ffi`). Under `sequential_vmap` every QR sees one matrix, which the
+    kernel runs inline. Initialisation only, so the loop costs nothing that matters.
+    """
+    base = nn.initializers.orthogonal(float(scale))   # a number: a traced one cannot be closed over
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.custom_batching.sequential_vmap(lambda k: base(k, shape, dtype))(key)
+
+    return init
 
 
 @functools.lru_cache(maxsize=None)
