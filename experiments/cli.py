@@ -8,6 +8,9 @@ way). Exit status 2 for bad input (config, flags, dataset, checkpoint, a run dir
 use or not writable), 1 for an internal failure (a bug, a diverged run, a full disk), 130
 for an interrupt. `--verbose` on the command line, or O2O_VERBOSE=1, also prints the
 traceback.
+
+Every entry point also runs `o2o_jax.watchdog` (a message when it stalls with its CPU idle;
+`O2O_STALL_MINUTES`).
 """
 import ast
 import contextlib
@@ -136,7 +139,13 @@ def run(main, name: str):
     if "verbose" not in flags.FLAGS:
         flags.DEFINE_boolean("verbose", False, "on an error, also print the traceback "
                              "(or set O2O_VERBOSE=1)")
-    _guarded(lambda: app.run(main, flags_parser=_parse_flags), name)
+    from o2o_jax import watchdog
+
+    def main_watched(argv):
+        watchdog.start_from_env()   # says so if the run stalls with its CPU idle
+        return main(argv)
+
+    _guarded(lambda: app.run(main_watched, flags_parser=_parse_flags), name)
 
 
 def run_argparse(main, name: str):

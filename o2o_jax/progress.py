@@ -3,6 +3,8 @@ import sys
 import time
 from typing import Callable, Optional
 
+from o2o_jax import watchdog
+
 
 def format_seconds(seconds: float) -> str:
     """1h02m, 3m07s, 12s."""
@@ -44,6 +46,7 @@ class Progress:
         self.initial = self.count = int(initial)
         self._samples = [(self.start, self.count)]      # (time, count) of recent updates
         self._last_print = -float("inf")
+        watchdog.beat(label)
 
     @property
     def elapsed(self) -> float:
@@ -106,6 +109,7 @@ class Progress:
         self.count = int(count)
         now = self.clock()
         self._record(now)
+        watchdog.beat(self.label)
         if force or now - self._last_print >= self.every_s:
             self._last_print = now
             self.log(self.line(extra() if callable(extra) else extra))
