@@ -77,12 +77,9 @@ def offline_signature(cfg):
 
 def pretrained_itself(run_dir: str) -> bool:
     """Whether the run in `run_dir` (if any) began with its own pretraining."""
-    try:
-        with open(os.path.join(run_dir, "config.json")) as f:
-            saved = json.load(f)
-    except (OSError, ValueError):
-        return False
-    return not saved.get("online", {}).get("load_offline_from")
+    from o2o_jax import rundir
+    saved = rundir.saved_json(run_dir, rundir.CONFIG_FILE)
+    return saved is not None and not saved.get("online", {}).get("load_offline_from")
 
 
 def share_offline(cfgs, methods, out):

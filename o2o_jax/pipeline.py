@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from o2o_jax import algorithm, checkpoints, config_checks, distributed, envs, stats
+from o2o_jax import algorithm, checkpoints, config_checks, distributed, envs, rundir, stats
 from o2o_jax.checkpoints import (CheckpointManager, branch_source, comparable_config,
                                  load_members, members_expect, members_meta, read_env_state)
 from o2o_jax.context import Context
@@ -63,12 +63,8 @@ def finished(cfg) -> Optional[Tuple[str, List[str]]]:
     if not cfg.run_name:
         return None
     path = run_path(cfg)
-    try:
-        with open(os.path.join(path, SUMMARY_FILE)) as f:
-            json.load(f)
-        with open(os.path.join(path, CONFIG_FILE)) as f:
-            saved = json.load(f)
-    except (OSError, ValueError):
+    saved = rundir.saved_json(path, CONFIG_FILE)
+    if saved is None or rundir.saved_json(path, SUMMARY_FILE) is None:
         return None
     return path, checkpoints.config_diff(saved, cfg)
 

@@ -367,6 +367,16 @@ def _read_json(path: str) -> Dict[str, Any]:
         return json.load(f)
 
 
+def saved_json(run_dir: str, name: str) -> Optional[Dict[str, Any]]:
+    """A run directory's `name` (CONFIG_FILE, SUMMARY_FILE) as a dict; None when it is
+    missing or unreadable (not written yet, or cut short)."""
+    try:
+        with open(os.path.join(run_dir, name)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
 def load_run(run_dir: str) -> Run:
     """Read a run directory; FileNotFoundError (with a hint) if it has no metrics.csv."""
     if not os.path.isdir(run_dir):
