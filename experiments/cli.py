@@ -139,16 +139,21 @@ def run(main, name: str):
     if "verbose" not in flags.FLAGS:
         flags.DEFINE_boolean("verbose", False, "on an error, also print the traceback "
                              "(or set O2O_VERBOSE=1)")
-    from o2o_jax import watchdog
-
-    def main_watched(argv):
-        watchdog.start_from_env()   # says so if the run stalls with its CPU idle
-        return main(argv)
-
-    _guarded(lambda: app.run(main_watched, flags_parser=_parse_flags), name)
+    _guarded(lambda: app.run(_watched(main), flags_parser=_parse_flags), name)
 
 
 def run_argparse(main, name: str):
     """sys.exit(main()) for an argparse entry point, errors as one paragraph; main must
     accept (and ignore) --verbose."""
-    sys.exit(_guarded(main, name))
+    sys.exit(_guarded(_watched(main), name))
+
+
+def _watched(main):
+    """`main` started with the stall watchdog (`o2o_jax.watchdog`: a message when the run
+    stalls with its CPU idle; O2O_STALL_MINUTES)."""
+    def watched(*args):
+        from o2o_jax import watchdog
+        watchdog.start_from_env()
+        return main(*args)
+
+    return watched

@@ -31,19 +31,19 @@ def orthogonal(scale: float):
     """flax's orthogonal initialiser whose `jax.vmap` is a loop (same values).
 
     Why: members and seeds are created under `jax.vmap`, which turns each kernel's QR into
-    one batched LAPACK call. jaxlib 0.10's CPU LAPACK kernels split a batch into tasks on
-    XLA's intra-op thread pool and block until they finish; when the compiled program runs
-    as many batched QRs at once as the pool has threads (2 on a 2-core machine), every
-    thread waits for tasks none is free to run, and the program never completes (an IQL
-    run with 2 or 3 vmapped seeds hung silently in its creation; gdb: both pool threads in
-    `jax::ParallelBatchMap` -> `BlockingCounter::Wait` under `lapack_sgeqrf_ffi` and
-    `lapack_sorgqr_ffi`). Under `sequential_vmap` every QR sees one matrix, which the
-    kernel runs inline. Initialisation only, so the loop costs nothing that matters.
+    one batched LAPACK call. An IQL run with 2 or 3 vmapped seeds hung silently in its
+    creation: gdb showed both threads of XLA's CPU pool in `jax::ParallelBatchMap` ->
+    `BlockingCounter::Wait` under `lapack_sgeqrf_ffi` and `lapack_sorgqr_ffi`, i.e.
+    jaxlib 0.10's batched LAPACK kernels waiting for batch tasks on the pool they occupy
+    (why 1 and 4 seeds ran was not established). Under `sequential_vmap` every QR sees one
+    matrix and no batched LAPACK call is compiled. Initialisation only: the loop costs
+    nothing that matters.
     """
-    base = nn.initializers.orthogonal(float(scale))   # a number: a traced one cannot be closed over
+    unit = nn.initializers.orthogonal(1.0)
 
     def init(key, shape, dtype=jnp.float32):
-        return jax.custom_batching.sequential_vmap(lambda k: base(k, shape, dtype))(key)
+        q = jax.custom_batching.sequential_vmap(lambda k: unit(k, shape, dtype))(key)
+        return (scale * q).astype(dtype)       # flax's: scale * Q (a traced scale works)
 
     return init
 

@@ -9,6 +9,11 @@ Python stacks of every thread to a file it names. It never stops the run: a stal
 compiled program cannot be interrupted from inside, and a run that is only slow must go on.
 A busy process (compiling, a long evaluation) is never reported, however long it takes.
 
+What it cannot see: a hang inside native code that holds Python's GIL (the check is a
+Python thread); and on a GPU a single device program running longer than `after_s`
+between progress updates would look idle to the host and be reported (the chunks of this
+project's loops take seconds).
+
 `O2O_STALL_MINUTES` sets `after_s` (default 10 minutes; 0 turns the watchdog off).
 
 Why it exists: a compiled program that never completes (jaxlib 0.10's batched CPU LAPACK
@@ -16,6 +21,7 @@ kernels deadlocking XLA's thread pool, see `networks.orthogonal`) left a run sil
 CPU use, for as long as nobody looked.
 """
 import faulthandler
+import math
 import os
 import sys
 import tempfile
@@ -55,8 +61,9 @@ def after_seconds_from_env(default_minutes: float = 10.0) -> float:
     except ValueError:
         raise ValueError(f"O2O_STALL_MINUTES={raw!r} is not a number of minutes: set it to "
                          "e.g. 10, or 0 to turn the stall watchdog off") from None
-    if not minutes >= 0:
-        raise ValueError(f"O2O_STALL_MINUTES={raw!r} must be >= 0 (0 turns it off)")
+    if not (math.isfinite(minutes) and minutes >= 0):
+        raise ValueError(f"O2O_STALL_MINUTES={raw!r} must be a finite number of minutes "
+                         ">= 0: set it to e.g. 10, or 0 to turn the stall watchdog off")
     return 60.0 * minutes
 
 
@@ -73,32 +80,30 @@ class Watchdog:
         self.log = log or (lambda s: print(s, file=sys.stderr, flush=True))
         self.clock, self.cpu, self.heartbeat = clock, cpu, heartbeat
         self.stacks_dir = stacks_dir or tempfile.gettempdir()
-        self._cpu_marks = [(clock(), cpu())]       # (time, cpu seconds), newest last
+        self._cpu_marks = [(clock(), cpu())]       # (time, cpu seconds), oldest first
         self._reported_beat = None                 # the heartbeat a report was made for
+        self._stop = threading.Event()
 
-    def _cpu_used_since(self, since: float, now: float, cpu_now: float):
-        """CPU seconds used from the newest mark at or before `since` to now, and that
-        mark's time (None when no mark is that old)."""
-        old = [m for m in self._cpu_marks if m[0] <= since]
+    def _window_start(self, now: float, cpu_now: float):
+        """Records (now, cpu_now) and returns the baseline mark: the newest one at least
+        `after_s` old (None if there is none yet); older marks are dropped."""
+        self._cpu_marks.append((now, cpu_now))
+        old = [i for i, m in enumerate(self._cpu_marks) if now - m[0] >= self.after_s]
         if not old:
-            return None, None
-        t0, c0 = old[-1]
-        return cpu_now - c0, t0
+            return None
+        del self._cpu_marks[:old[-1]]
+        return self._cpu_marks[0]
 
     def check(self) -> Optional[str]:
         """The report if the run is stalled now and was not reported for this stall."""
         now, cpu_now = self.clock(), self.cpu()
-        self._cpu_marks.append((now, cpu_now))
-        # Keep one mark older than the window (the baseline) and the newer ones.
-        older = [i for i, m in enumerate(self._cpu_marks) if now - m[0] > self.after_s]
-        if len(older) > 1:
-            del self._cpu_marks[:older[-1]]
+        base = self._window_start(now, cpu_now)
         beat_t, what = self.heartbeat()
         silent = now - beat_t
-        if silent < self.after_s or self._reported_beat == beat_t:
+        if base is None or silent < self.after_s or self._reported_beat == beat_t:
             return None
-        used, t0 = self._cpu_used_since(now - self.after_s, now, cpu_now)
-        if used is None or used > self.idle_fraction * (now - t0):
+        t0, used = base[0], cpu_now - base[1]
+        if used > self.idle_fraction * (now - t0):
             return None
         self._reported_beat = beat_t
         path = self._dump_stacks()
@@ -112,9 +117,10 @@ class Watchdog:
                 "delay, 0 turns it off)")
 
     def _dump_stacks(self) -> str:
-        path = os.path.join(self.stacks_dir, f"o2o_stall_{os.getpid()}.txt")
         try:
-            with open(path, "w") as f:
+            fd, path = tempfile.mkstemp(prefix=f"o2o_stall_{os.getpid()}_", suffix=".txt",
+                                        dir=self.stacks_dir)
+            with os.fdopen(fd, "w") as f:
                 faulthandler.dump_traceback(file=f, all_threads=True)
         except OSError as exc:
             return f"(not written: {exc})"
@@ -122,13 +128,14 @@ class Watchdog:
 
     def start(self) -> threading.Thread:
         """Check every after_s / 4 seconds in a daemon thread, until `stop()`."""
-        self._stop = threading.Event()
-
         def loop():
             while not self._stop.wait(max(self.after_s / 4, 0.05)):
-                msg = self.check()
-                if msg:
-                    self.log(msg)
+                try:
+                    msg = self.check()
+                    if msg:
+                        self.log(msg)
+                except Exception:  # noqa: BLE001 - a diagnostic must never disturb the run
+                    return
 
         thread = threading.Thread(target=loop, name="o2o-stall-watchdog", daemon=True)
         thread.start()

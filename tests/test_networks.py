@@ -25,7 +25,8 @@ def test_orthogonal_under_nested_vmap_equals_one_matrix_at_a_time():
 
 def _lapack_calls(compiled_text):
     """The result shapes of every LAPACK custom call in a compiled program's HLO."""
-    return re.findall(r"= \(?(f32\[[0-9,]*\])[^\n]*custom_call_target=\"lapack_", compiled_text)
+    return re.findall(r"= \(?([a-z0-9]+\[[0-9,]*\])[^\n]*custom_call_target=\"lapack_",
+                      compiled_text)
 
 
 def test_members_creation_under_seed_vmap_runs_no_batched_lapack():
