@@ -1,10 +1,44 @@
 """What the loops of a run share: its config, run directory, checkpoints, sharding, the
-device-resident dataset, and the check that stops a run on a non-finite value."""
+device-resident dataset, the phases' run times, and the check that stops a run on a
+non-finite value."""
 import dataclasses
+import time
+from typing import Dict, Optional
 
 from o2o_jax import checkpoints, distributed, finite, seeds
 from o2o_jax.rundir import RunDir
 from o2o_jax.sharding import Sharder
+
+
+@dataclasses.dataclass
+class PhaseTimes:
+    """Seconds each phase ("offline", "online") has run over all the processes of a run:
+    checkpoints carry the counts (`meta()`), a resume goes on from them (`resumed`), so
+    the summary's times are the whole run's, not the last process's."""
+    before: Dict[str, float] = dataclasses.field(default_factory=dict)
+    started: Dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def resumed(cls, checkpoint_meta: Optional[dict]) -> "PhaseTimes":
+        """From a checkpoint's meta (nothing before: a new run, or a checkpoint older than
+        this record, whose earlier processes' time is then not counted)."""
+        return cls(before=dict((checkpoint_meta or {}).get("phase_seconds") or {}))
+
+    def start(self, phase: str) -> None:
+        self.started[phase] = time.time()
+
+    def stop(self, phase: str) -> None:
+        self.before[phase] = self.seconds(phase)
+        self.started.pop(phase, None)
+
+    def seconds(self, phase: str) -> float:
+        running = time.time() - self.started[phase] if phase in self.started else 0.0
+        return float(self.before.get(phase, 0.0)) + running
+
+    def meta(self) -> dict:
+        """What a checkpoint records."""
+        return {"phase_seconds": {p: self.seconds(p)
+                                  for p in sorted(set(self.before) | set(self.started))}}
 
 
 @dataclasses.dataclass
@@ -16,6 +50,7 @@ class Context:
     data: dict
     obs_dim: int
     act_dim: int
+    times: PhaseTimes = dataclasses.field(default_factory=PhaseTimes)
 
     @property
     def seeds(self):

@@ -34,7 +34,7 @@ import numpy as np
 from o2o_jax import algorithm, checkpoints, config_checks, distributed, envs, rundir, stats
 from o2o_jax.checkpoints import (CheckpointManager, branch_source, comparable_config,
                                  load_members, members_expect, members_meta, read_env_state)
-from o2o_jax.context import Context
+from o2o_jax.context import Context, PhaseTimes
 from o2o_jax.offline_loop import post_offline_phase, pretrain
 from o2o_jax.online_loop import finetune, init_online, member_mask
 from o2o_jax.rundir import CONFIG_FILE, SUMMARY_FILE, RunDir, read_metrics_rows
@@ -199,7 +199,7 @@ def _run(cfg, run_dir: RunDir, ckpt: CheckpointManager, latest, dataset, obs_dim
     if from_data is not None:   # e.g. IQL's reward scale (a loaded checkpoint has its own)
         members = from_data(members, dataset, cfg)
     members = sharder.seeds(members)
-    t0 = time.time()
+    ctx.times = times = PhaseTimes.resumed(latest)
     offline_return = None
     phase = latest["phase"] if latest else None
     if phase == "online":
@@ -209,6 +209,7 @@ def _run(cfg, run_dir: RunDir, ckpt: CheckpointManager, latest, dataset, obs_dim
         print(f"loaded offline members from {cfg.online.load_offline_from}; skipping "
               "pretraining")
     else:
+        times.start("offline")
         start = 0
         if phase == "offline":
             restored = ckpt.restore(latest, {"members": members, "key": k_offline})
@@ -229,11 +230,11 @@ def _run(cfg, run_dir: RunDir, ckpt: CheckpointManager, latest, dataset, obs_dim
                                           or cfg.offline.get("init_from", "")):
             checkpoints.save(os.path.join(run_dir.path, "offline_members"), members,
                              {**members_meta(cfg, obs_dim, act_dim), "algo": cfg.algo})
-    offline_time = time.time() - t0
+        times.stop("offline")
 
-    t0 = time.time()
     online_return = None
     if cfg.online.epochs > 0:
+        times.start("online")
         k_state, k_loop = split_each(k_online, 2)
         state = init_online(ctx, members, k_state)
         start_epoch, resume_meta = 0, None
@@ -268,8 +269,9 @@ def _run(cfg, run_dir: RunDir, ckpt: CheckpointManager, latest, dataset, obs_dim
         del members
         _, online_return = finetune(ctx, state, k_loop, start_epoch, resume_meta,
                                     offline_return)
-    summary = summarize(cfg, dataset, offline_return, online_return, offline_time,
-                        time.time() - t0, run_dir.path)
+        times.stop("online")
+    summary = summarize(cfg, dataset, offline_return, online_return, times.seconds("offline"),
+                        times.seconds("online"), run_dir.path)
     run_dir.write_summary(summary)
     print(json.dumps(summary, indent=2))
     return summary

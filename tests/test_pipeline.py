@@ -465,3 +465,36 @@ def test_resume_refuses_a_dataset_rebuilt_since_the_checkpoint(minari_root, tmp_
         json.dump(meta, f)
     with pytest.raises(checkpoints.CheckpointError, match="rebuilt or replaced"):
         pipeline.run(cfg)
+
+
+@pytest.mark.parametrize("cut_phase", ["offline", "online"])
+def test_summary_times_count_the_processes_before_a_resume(tmp_path, monkeypatch, cut_phase):
+    """A run killed after its first checkpoint of `cut_phase` and resumed reports the
+    whole run's phase times: the checkpoint's recorded seconds plus the resumed
+    process's (before, a resume in the online phase reported ~0 s offline)."""
+    from o2o_jax import pipeline
+
+    class Interrupt(Exception):
+        pass
+
+    original_save = pipeline.CheckpointManager.save
+    recorded = {}
+
+    def save_then_die(self, step, *args, **kwargs):
+        original_save(self, step, *args, **kwargs)
+        if args and args[1].get("phase") == cut_phase:
+            recorded.update(args[1]["phase_seconds"])
+            raise Interrupt()
+
+    cfg = tiny_config(tmp_path, "cut")
+    monkeypatch.setattr(pipeline.CheckpointManager, "save", save_then_die)
+    with pytest.raises(Interrupt):
+        pipeline.run(cfg)
+    monkeypatch.setattr(pipeline.CheckpointManager, "save", original_save)
+    assert recorded["offline"] > 0 and ("online" in recorded) == (cut_phase == "online")
+    summary = pipeline.run(tiny_config(tmp_path, "cut"))
+    if cut_phase == "online":   # offline was over before the cut: exactly its count
+        assert summary["offline_time_s"] == recorded["offline"]
+        assert summary["online_time_s"] > recorded["online"]
+    else:
+        assert summary["offline_time_s"] > recorded["offline"]
