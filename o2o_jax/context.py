@@ -12,9 +12,11 @@ from o2o_jax.sharding import Sharder
 
 @dataclasses.dataclass
 class PhaseTimes:
-    """Seconds each phase ("offline", "online") has run over all the processes of a run:
-    checkpoints carry the counts (`meta()`), a resume goes on from them (`resumed`), so
-    the summary's times are the whole run's, not the last process's."""
+    """Seconds each phase ("offline", "online") has run over all the processes of a run,
+    each counted up to its last checkpoint: checkpoints carry the counts (`meta()`), a
+    resume goes on from them (`resumed`), so the summary's times are the whole run's, not
+    the last process's. A branch (a new run from another run's checkpoint) counts its own
+    time only."""
     before: Dict[str, float] = dataclasses.field(default_factory=dict)
     started: Dict[str, float] = dataclasses.field(default_factory=dict)
 
