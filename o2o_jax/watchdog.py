@@ -2,7 +2,7 @@
 process used (almost) no CPU, i.e. it looks stuck rather than slow.
 
 Every `progress.Progress` update is a heartbeat (`beat`). A daemon thread (`start`, called
-by every entry point through `experiments.cli.run`) checks every `after_s / 4` seconds: with
+by every entry point through `experiments.cli`) checks every `after_s / 4` seconds: with
 no heartbeat for `after_s` seconds and less than `idle_fraction` of one core used by this
 process over that time, it prints one paragraph to stderr (once per stall) and writes the
 Python stacks of every thread to a file it names. It never stops the run: a stalled
@@ -56,14 +56,14 @@ def after_seconds_from_env(default_minutes: float = 10.0) -> float:
     raw = os.environ.get("O2O_STALL_MINUTES", "").strip()
     if not raw:
         return 60.0 * default_minutes
+    fix = "set it to e.g. 10, or 0 to turn the stall watchdog off"
     try:
         minutes = float(raw)
     except ValueError:
-        raise ValueError(f"O2O_STALL_MINUTES={raw!r} is not a number of minutes: set it to "
-                         "e.g. 10, or 0 to turn the stall watchdog off") from None
+        raise ValueError(f"O2O_STALL_MINUTES={raw!r} is not a number of minutes: {fix}") from None
     if not (math.isfinite(minutes) and minutes >= 0):
         raise ValueError(f"O2O_STALL_MINUTES={raw!r} must be a finite number of minutes "
-                         ">= 0: set it to e.g. 10, or 0 to turn the stall watchdog off")
+                         f">= 0: {fix}")
     return 60.0 * minutes
 
 
