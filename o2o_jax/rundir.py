@@ -188,6 +188,10 @@ class TensorBoard:
 class RunDir:
     """<run_dir>/: config.json, metrics.csv, summary.json, optionally tensorboard/.
 
+    metrics.csv's `wall_time`: seconds the run has run when the row was logged, over all its
+    processes: a resume (`truncate`) or a branch (`copy_rows`) goes on from the last kept
+    row's time (the time between processes is not counted).
+
     `write=False`: a reader of the directory that writes nothing (the non-primary
     processes of a distributed run; the primary writes)."""
 
@@ -221,6 +225,7 @@ class RunDir:
         checkpoint). TensorBoard event files cannot be cut, so they are rewritten from the
         kept rows (their wall times become the time of the rewrite)."""
         self.metrics.truncate(num_rows)
+        self._continue_clock()
         if self.tensorboard is None:
             return
         self.tensorboard.close()
@@ -238,6 +243,15 @@ class RunDir:
             if self.tensorboard is not None:
                 self.tensorboard.write({k: _number_or_text(v) for k, v in row.items()
                                         if v != ""}, time.time())
+        self._continue_clock()
+
+    def _continue_clock(self):
+        """The next row's wall_time goes on from the last row's (a new run's starts at 0)."""
+        last = self.metrics.rows[-1].get("wall_time", "") if self.metrics.rows else ""
+        try:
+            self.start = time.time() - float(last)
+        except (TypeError, ValueError):   # no row, or one without a time
+            self.start = time.time()
 
     def log(self, row: Dict[str, float]):
         self.metrics.write({"wall_time": time.time() - self.start, **row})

@@ -217,3 +217,35 @@ def test_metrics_rows_of_a_good_run_are_finite(minari_root, tmp_path):
         rows = list(csv.DictReader(f))
     assert rows and all(np.isfinite(float(r["eval_return"])) for r in rows
                         if r.get("eval_return"))
+
+
+@pytest.mark.parametrize("how", ["resume", "branch"])
+def test_wall_time_goes_on_across_processes(tmp_path, monkeypatch, how):
+    """metrics.csv's wall_time counts the run's time over all its processes: after a resume
+    (rows cut back to the checkpoint's) or a branch (another run's rows copied in), the next
+    row's time is the last kept row's plus the time since, not the new process's age."""
+    from o2o_jax import rundir
+    from o2o_jax.rundir import RunDir
+    clock = [1000.0]
+    monkeypatch.setattr(rundir.time, "time", lambda: clock[0])
+    first = RunDir(str(tmp_path / "run"))
+    for t in (10.0, 20.0, 30.0):          # rows at 10, 20, 30 s into the run
+        clock[0] = 1000.0 + t
+        first.log({"phase": "offline", "step": int(t)})
+    first.close()
+    kept = [dict(r) for r in first.metrics.rows[:2]]   # the checkpoint counted 2 rows
+
+    clock[0] = 5000.0                      # a later process; 7 s of setup, then the cut
+    second = RunDir(str(tmp_path / ("run" if how == "resume" else "branch")))
+    clock[0] += 7.0
+    if how == "resume":
+        second.truncate(2)
+    else:
+        second.truncate(0)
+        second.copy_rows(kept)
+    clock[0] += 4.0                        # 4 s after the cut: the next row
+    second.log({"phase": "offline", "step": 25})
+    second.close()
+    with open(tmp_path / ("run" if how == "resume" else "branch") / "metrics.csv") as f:
+        times = [float(r["wall_time"]) for r in csv.DictReader(f)]
+    assert times == [10.0, 20.0, 20.0 + 4.0]
