@@ -15,10 +15,13 @@ from o2o_jax.data import behavior, loader, recipes
 # batch sizes): float differences grow along 1000-step MuJoCo episodes, and a medium policy
 # falls in some episodes and not in others (hopper-medium's deterministic returns here span
 # 683-2947, walker2d-medium's 143-2951, seen on a 2-core AMD EPYC VM). So the replay is a
-# statistical check: the mean of EPISODES fresh episodes must be within 3 standard errors
-# of the recorded mean (that of `eval_episodes` others; the spread estimated from ours), or
-# within RETURN_RTOL of it where the spread is small. That still tells a medium policy from
-# the expert one or an untrained actor in every env (checked below on the wrong file).
+# statistical check: the mean of EPISODES fresh episodes (reset seeds after the recorded
+# ones, so the two samples are independent) must be within 3 standard errors of the
+# recorded mean of `eval_episodes` episodes (the spread estimated from ours), or within
+# RETURN_RTOL of it where the spread is small. It is tight for the expert policies and
+# halfcheetah (spread ~1-2%), loose for the falling medium walkers and hoppers (about
+# +-1.5 of their episodes' standard deviation): there it catches a policy that never or
+# always falls, not a small change.
 RETURN_RTOL = 0.10
 EPISODES = 20
 SHIPPED = sorted(recipes.SHIPPED_DIR.glob("*/*.json"))
@@ -26,36 +29,24 @@ SHIPPED = sorted(recipes.SHIPPED_DIR.glob("*/*.json"))
 
 def replay_tolerance(returns: np.ndarray, want: float, recorded_episodes: int) -> float:
     """How far the mean of `returns` may be from a recorded mean of `recorded_episodes`
-    episodes of the same policy: 3 standard errors of the difference, at least
+    other episodes of the same policy: 3 standard errors of the difference, at least
     RETURN_RTOL of the recorded value."""
     se = np.std(returns, ddof=1) * np.sqrt(1.0 / len(returns) + 1.0 / recorded_episodes)
     return max(3.0 * se, RETURN_RTOL * abs(want))
 
 
-def replay(meta_path):
-    agent, info = behavior.load_policy(meta_path.with_suffix(""))
-    got = envs.evaluate(behavior.policy_fn(agent, 0, deterministic=True), info["env"],
-                        EPISODES, seed=20_000)
-    return got, info
-
-
 @pytest.mark.parametrize("meta_path", SHIPPED, ids=[f"{p.parent.name}-{p.stem}"
                                                     for p in SHIPPED])
 def test_shipped_policy_reproduces_its_recorded_return(meta_path):
-    got, info = replay(meta_path)
+    agent, info = behavior.load_policy(meta_path.with_suffix(""))
     for field in ("env_steps", "eval_return_stochastic", "eval_return_deterministic",
                   "command", "library_versions", "agent_config"):
         assert field in info, field
+    got = envs.evaluate(behavior.policy_fn(agent, 0, deterministic=True), info["env"],
+                        EPISODES, seed=recipes.EVAL_SEED + info["eval_episodes"])
     want = info["eval_return_deterministic"]
     tol = replay_tolerance(got, want, info["eval_episodes"])
     assert abs(np.mean(got) - want) <= tol, (np.mean(got), want, tol, got)
-    # The check tells this policy from the other role's of the same env (a wrong file).
-    other = meta_path.with_name(("expert" if meta_path.stem == "medium" else "medium")
-                                + ".json")
-    if other.exists():
-        theirs, _ = replay(other)
-        assert abs(np.mean(theirs) - want) > replay_tolerance(theirs, want,
-                                                              info["eval_episodes"])
 
 
 @pytest.fixture

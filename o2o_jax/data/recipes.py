@@ -46,6 +46,8 @@ SAC_STEPS_PER_S = 95.0           # env step + gradient step + evals, hidden (256
 ROLLOUT_STEPS_PER_S = 5_800.0    # batched stochastic policy rollouts, 8 envs
 RANDOM_STEPS_PER_S = 7_600.0     # uniform random actions, 8 envs
 WRITE_EPISODES_PER_S = 500.0     # HDF5 episode groups written by Minari
+# Reset seeds of a saved policy's recorded evaluation: episode i is reset with EVAL_SEED + i.
+EVAL_SEED = 20_000
 # Env steps at which our own seed-0 SAC runs with the default budget reached the default
 # medium target (DATASETS.md): the typical length of the medium / medium-replay SAC run.
 MEDIUM_POINT_STEPS = {"hopper": 200_000, "halfcheetah": 90_000, "walker2d": 280_000}
@@ -373,7 +375,7 @@ def _policy_info(env_name: str, snap: behavior.Snapshot, b: Budget, role: str,
                  target_reached: bool, train_seconds: float) -> Dict[str, Any]:
     obs_dim, act_dim = envs.env_dims(env_name)
     det = envs.evaluate(behavior.policy_fn(snap.agent, b.seed, deterministic=True), env_name,
-                        b.eval_episodes, seed=20_000)
+                        b.eval_episodes, seed=EVAL_SEED)
     return {"role": role, "env": env_name, "obs_dim": obs_dim, "act_dim": act_dim,
             "seed": b.seed, "env_steps": snap.env_steps,
             "eval_return_stochastic": snap.eval_return,
