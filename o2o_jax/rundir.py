@@ -17,6 +17,7 @@ import csv
 import fcntl
 import glob
 import json
+import math
 import os
 import shutil
 import socket
@@ -246,12 +247,18 @@ class RunDir:
         self._continue_clock()
 
     def _continue_clock(self):
-        """The next row's wall_time goes on from the last row's (a new run's starts at 0)."""
-        last = self.metrics.rows[-1].get("wall_time", "") if self.metrics.rows else ""
-        try:
-            self.start = time.time() - float(last)
-        except (TypeError, ValueError):   # no row, or one without a time
-            self.start = time.time()
+        """The next row's wall_time goes on from the last row's that has a finite time (a
+        new run's starts at 0)."""
+        last = 0.0
+        for row in reversed(self.metrics.rows):
+            try:
+                t = float(row.get("wall_time"))
+            except (TypeError, ValueError):   # a row without a time
+                continue
+            if math.isfinite(t):
+                last = t
+                break
+        self.start = time.time() - last
 
     def log(self, row: Dict[str, float]):
         self.metrics.write({"wall_time": time.time() - self.start, **row})
