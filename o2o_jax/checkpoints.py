@@ -186,6 +186,9 @@ class CheckpointManager:
         checksum); saved with each checkpoint and compared on resume, so that a dataset
         rebuilt in between is not silently trained on from the middle of a run."""
         self.root, self.keep, self.config, self.dataset = root, keep, config, dataset
+        # () -> dict added to every checkpoint's meta (the run's phase times, set by the
+        # pipeline once it knows them).
+        self.stamp = dict
 
     def complete(self):
         paths = sorted(glob.glob(os.path.join(self.root, "[0-9]" * 10)))
@@ -211,7 +214,7 @@ class CheckpointManager:
 
     def save(self, order: int, tree, meta: dict, extra: Optional[dict] = None):
         path = os.path.join(self.root, f"{order:010d}")
-        save(path, tree, {**meta, "config": self.config,
+        save(path, tree, {**meta, **self.stamp(), "config": self.config,
                           **({"dataset": self.dataset} if self.dataset is not None else {})},
              extra_files=extra)
         if not distributed.is_primary():

@@ -1,5 +1,5 @@
 """What the loops of a run share: its config, run directory, checkpoints, sharding, the
-device-resident dataset, the phases' run times, and the check that stops a run on a
+device-resident dataset, and the check that stops a run on a
 non-finite value."""
 import dataclasses
 import time
@@ -38,7 +38,7 @@ class PhaseTimes:
         return float(self.before.get(phase, 0.0)) + running
 
     def meta(self) -> dict:
-        """What a checkpoint records."""
+        """What every checkpoint records (`CheckpointManager.stamp`)."""
         return {"phase_seconds": {p: self.seconds(p)
                                   for p in sorted(set(self.before) | set(self.started))}}
 
@@ -52,7 +52,6 @@ class Context:
     data: dict
     obs_dim: int
     act_dim: int
-    times: PhaseTimes = dataclasses.field(default_factory=PhaseTimes)
 
     @property
     def seeds(self):

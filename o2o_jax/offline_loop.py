@@ -76,8 +76,7 @@ def pretrain(ctx: Context, members, key, start_step: int = 0):
             ctx.ckpt.save(step, {"members": members, "key": key},
                           {"phase": "offline", "step": step,
                            "csv_rows": len(ctx.run_dir.metrics.rows),
-                           "last_eval": None if last_eval is None else list(last_eval),
-                           **ctx.times.meta()})
+                           "last_eval": None if last_eval is None else list(last_eval)})
     return members, last_eval
 
 

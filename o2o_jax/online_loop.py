@@ -187,7 +187,7 @@ def finetune(ctx: Context, state, key, start_epoch: int = 0, resume_meta=None,
                            "csv_rows": len(ctx.run_dir.metrics.rows), "recent_returns": recent,
                            "mc_pending": pending.state() if pending is not None else None,
                            "offline_return": None if offline_return is None
-                           else [float(r) for r in offline_return], **ctx.times.meta()},
+                           else [float(r) for r in offline_return]},
                           extra={"env_state.pkl": pickle.dumps(env.get_state())})
     env.close()
     return state, final

@@ -199,7 +199,8 @@ def _run(cfg, run_dir: RunDir, ckpt: CheckpointManager, latest, dataset, obs_dim
     if from_data is not None:   # e.g. IQL's reward scale (a loaded checkpoint has its own)
         members = from_data(members, dataset, cfg)
     members = sharder.seeds(members)
-    ctx.times = times = PhaseTimes.resumed(None if latest and latest.get("branch") else latest)
+    times = PhaseTimes.resumed(None if latest and latest.get("branch") else latest)
+    ckpt.stamp = times.meta     # every checkpoint from here records the phase times
     offline_return = None
     phase = latest["phase"] if latest else None
     if phase == "online":
