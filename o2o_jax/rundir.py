@@ -381,13 +381,6 @@ def is_run_dir(path: str) -> bool:
     return os.path.isfile(os.path.join(path, METRICS_FILE))
 
 
-def _read_json(path: str) -> Dict[str, Any]:
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
-
-
 def saved_json(run_dir: str, name: str) -> Optional[Dict[str, Any]]:
     """A run directory's `name` (CONFIG_FILE, SUMMARY_FILE) as a dict; None when it is
     missing or unreadable (not written yet, or cut short)."""
@@ -411,9 +404,9 @@ def load_run(run_dir: str) -> Run:
         raise FileNotFoundError(
             f"{run_dir}: no {METRICS_FILE} here, so this is not a run directory written "
             f"by experiments.train{hint}")
-    return Run(path=run_dir, config=_read_json(os.path.join(run_dir, CONFIG_FILE)),
+    return Run(path=run_dir, config=saved_json(run_dir, CONFIG_FILE) or {},
                metrics=read_metrics_csv(os.path.join(run_dir, METRICS_FILE)),
-               summary=_read_json(os.path.join(run_dir, SUMMARY_FILE)))
+               summary=saved_json(run_dir, SUMMARY_FILE) or {})
 
 
 def expand_run_dirs(patterns: Union[str, Sequence[str]]) -> List[str]:

@@ -117,6 +117,20 @@ def test_no_seed_column_and_missing_num_seeds(tmp_path):
     np.testing.assert_array_equal(ys, [[4.0, 6.0]])
 
 
+def test_cut_short_summary_reads_as_empty(tmp_path):
+    """A run killed while writing summary.json still loads: its curve from metrics.csv,
+    the summary as {} (a truncated file must not stop plotting a whole sweep)."""
+    d = tmp_path / "cut"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"algo": "off2on"}))
+    (d / "summary.json").write_text('{"final_normalized_score": 4')
+    (d / "metrics.csv").write_text("wall_time,phase,step,env_steps,normalized_score,epoch\n"
+                                   "1,online,,0,4.0,0\n2,online,,100,6.0,1\n")
+    run = rundir.load_run(str(d))
+    assert run.summary == {} and run.config == {"algo": "off2on"}
+    np.testing.assert_array_equal(rundir.learning_curve(run)[1], [[4.0, 6.0]])
+
+
 def test_grouping_and_pooling(run_dirs):
     runs = rundir.load_runs(os.path.join(run_dirs["root"], "*"))
     assert [r.name for r in runs] == ["balanced_n2", "balanced_n5", "uniform_n5"]
