@@ -13,6 +13,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import platform  # noqa: E402
 import statistics  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 
 from absl import flags  # noqa: E402
@@ -157,7 +158,9 @@ def bench_methods(hidden, batch, steps, reps, peak):
         if hasattr(section, "keys") and "hidden_dims" in section:
             section.hidden_dims = tuple(hidden)
     rows = []
-    for algo in algorithm.all_algorithms():
+    algos = algorithm.all_algorithms()
+    started = time.perf_counter()
+    for i, algo in enumerate(algos):
         cfg = algo.apply_preset(copy.deepcopy(base_cfg))
         cfg.agent.num_members = 1
         per_call = max(1, cfg.online.batch_size // batch) if cfg.offline.steps == 0 else 1
@@ -179,6 +182,12 @@ def bench_methods(hidden, batch, steps, reps, peak):
         flop = None if per_call > 1 else f
         rows.append((algo.name, 1.0 / per_update, compile_s,
                      None if flop is None else flop / per_update, flop))
+        # The table prints at the end (minutes at full size): progress on stderr meanwhile.
+        elapsed = time.perf_counter() - started
+        print(f"[bench methods] {i + 1}/{len(algos)} {algo.name}: {1.0 / per_update:.1f} "
+              f"updates/s (compile {compile_s:.1f} s); elapsed {format_seconds(elapsed)} ETA "
+              f"{format_seconds(elapsed / (i + 1) * (len(algos) - i - 1))}",
+              file=sys.stderr, flush=True)
     print(f"\n## Each method's offline update, one member (batch {batch}, hidden {hidden}, "
           f"{steps} calls per compiled chunk, median of {reps}; FLOPs by XLA's cost "
           "analysis)")
