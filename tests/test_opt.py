@@ -48,6 +48,30 @@ def test_phase_switch(member):
     assert not _same(s.td3.actor.params, member.td3.actor.params)   # fine-tuning moved it
 
 
+def test_members_update_matches_each_member_alone(member):
+    """members_update (vmap over members on a shared batch) across the phase switch: each
+    member's state equals its own sequential `online_update`s with its key, and the phase
+    and the policy delay stay branches (`stacking.lockstep`: `cond`s in the program, not
+    selects computing both phases for every member)."""
+    n = 3
+    members = jax.tree_util.tree_map(
+        lambda x: jnp.stack([x + 0.05 * i if jnp.issubdtype(x.dtype, jnp.floating) else x
+                             for i in range(n)]), member)
+    batch = random_batch(7, B, OBS, ACT)
+    assert str(jax.make_jaxpr(opt.members_update)(
+        members, batch, jax.random.PRNGKey(0))).count(" cond[") >= 2
+    run, one = jax.jit(opt.members_update), jax.jit(opt.online_update)
+    alone = [jax.tree_util.tree_map(lambda x: x[i], members) for i in range(n)]
+    for t in range(4):                    # 2 pre-training steps, then 2 of fine-tuning
+        b, key = random_batch(20 + t, B, OBS, ACT), jax.random.PRNGKey(30 + t)
+        members, info = run(members, b, key)
+        np.testing.assert_array_equal(info["opt_pretraining"], float(t < 2))
+        alone = [one(s, b, k)[0] for s, k in zip(alone, jax.random.split(key, n))]
+    for i, s in enumerate(alone):
+        for got, want in zip(jax.tree_util.tree_leaves(members), jax.tree_util.tree_leaves(s)):
+            np.testing.assert_allclose(np.asarray(got)[i], want, rtol=2e-5, atol=1e-6)
+
+
 def test_meta_gradient_is_second_order(member):
     batch, key = random_batch(9, B, OBS, ACT), jax.random.PRNGKey(3)
     params = member.q_on.params

@@ -96,6 +96,41 @@ def test_actor_and_targets_move_every_second_step(agent):
         s = new
 
 
+def test_vmapped_seeds_and_members_match_their_sequential_updates(agent):
+    """Seeds x members vmapped (the loops' shape): each member's state after 4 steps
+    (two with the actor, two without) equals its own sequential updates, and the policy
+    delay stays one branch (`stacking.lockstep`: a `cond` in the program, not a select
+    that computes the actor step for every member on every step)."""
+    S, N, steps = 2, 3, 4
+
+    def varied(i):      # members differ in every float parameter, share their counters
+        return jax.tree_util.tree_map(
+            lambda x: x + 0.05 * i if jnp.issubdtype(x.dtype, jnp.floating) else x, agent)
+
+    states = [[varied(i * N + j) for j in range(N)] for i in range(S)]
+    batches = [[random_batch(10 + i * N + j, B, OBS, ACT) for j in range(N)] for i in range(S)]
+    keys = jax.random.split(jax.random.PRNGKey(5), steps * S * N).reshape(steps, S, N, 2)
+    stack = lambda rows: jax.tree_util.tree_map(lambda *x: jnp.stack(x), *rows)  # noqa
+    vm = jax.vmap(jax.vmap(td3.update))
+    program = str(jax.make_jaxpr(vm)(stack([stack(r) for r in states]),
+                                     stack([stack(r) for r in batches]), keys[0]))
+    assert " cond[" in program
+    run = jax.jit(vm)
+    together = stack([stack(r) for r in states])
+    for t in range(steps):
+        together, info = run(together, stack([stack(r) for r in batches]), keys[t])
+        assert np.all(np.asarray(info["actor_updated"]) == float((t + 1) % 2 == 0))
+    one = jax.jit(td3.update)
+    for i in range(S):
+        for j in range(N):
+            s = states[i][j]
+            for t in range(steps):
+                s, _ = one(s, batches[i][j], keys[t, i, j])
+            for got, want in zip(jax.tree_util.tree_leaves(together),
+                                 jax.tree_util.tree_leaves(s)):
+                np.testing.assert_allclose(np.asarray(got)[i, j], want, rtol=2e-5, atol=1e-6)
+
+
 def test_actor_loss_with_the_updated_critic_matches_numpy(agent):
     """The actor step sees the critic of the same step; TD3+BC: lambda = 2.5 / mean |Q1|
     at the policy's actions."""

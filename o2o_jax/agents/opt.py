@@ -22,9 +22,9 @@ constants are ours (config fields):
    the first `opt.kappa_fraction` (ours 0.25) of the fine-tuning updates.
 
 Logged statistics of the phase not running read 0 (e.g. `critic_loss` of Q^off during
-pre-training). Cost: the phase switch is a `lax.cond` on the members' (and seeds') step
-counters, which vmap turns into a select, so both phases are computed on every step
-(about the meta step plus a TD3 step); the result is that of the active phase.
+pre-training). The phase switch and the policy delay are `lax.cond`s on step counters
+that all members and seeds share (`stacking.lockstep`), so under vmap only the active
+phase is computed.
 """
 import jax
 import jax.numpy as jnp
@@ -165,7 +165,8 @@ def _finetune(state: OPT, batch, key):
 
     skipped = jax.eval_shape(lambda st: actor_and_targets(st)[1], state)
     state, a_info = jax.lax.cond(
-        state.td3.critic.step % state.td3.policy_delay == 0, actor_and_targets,
+        stacking.lockstep(state.td3.critic.step % state.td3.policy_delay == 0),
+        actor_and_targets,
         lambda st: (st, jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype),
                                                skipped)), state)
     return state, {**c_info, **a_info}
@@ -187,7 +188,8 @@ def online_update(state: OPT, batch, key):
         s, info = _finetune(s, batch, key)
         return s, {**zeros(pre), **info}
 
-    in_pretraining = state.step < state.pretrain_updates
+    # Members and seeds step together: one phase computed for all (not a select of both).
+    in_pretraining = stacking.lockstep(state.step < state.pretrain_updates)
     state, info = jax.lax.cond(in_pretraining, pretrain_branch, finetune_branch, state)
     info["opt_pretraining"] = in_pretraining.astype(jnp.float32)
     info["opt_kappa"] = kappa(state)

@@ -8,6 +8,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+from jax import custom_batching
 
 
 def own_buffers(tree):
@@ -32,6 +33,30 @@ def num_stacked(members) -> int:
 def member(members, i: int):
     """The i-th single state of a stacked set."""
     return jax.tree_util.tree_map(lambda x: x[i], members)
+
+
+@custom_batching.custom_vmap
+def lockstep(x: jax.Array) -> jax.Array:
+    """`x`, a value every vmapped member (and seed) holds alike, as one unbatched value.
+
+    For the branch of a `jax.lax.cond` on a step counter (TD3's policy delay, OPT's phase):
+    under `jax.vmap` a cond whose predicate is batched becomes a select that computes both
+    branches for every member. The members of a stacked set (and the seeds of a run) are
+    created together and always take their steps together, so their counters are equal;
+    passing the predicate through `lockstep` takes it from the first of them, unbatched, and
+    the cond stays a branch. Outside
+    vmap it is the identity. Only for values equal across the mapped axes by construction:
+    where they differ, the first member's decides for all.
+    """
+    return x
+
+
+@lockstep.def_vmap
+def _lockstep_vmap(axis_size, in_batched, x):
+    del axis_size
+    # Called again on the first element so that an outer vmap (seeds over members) takes
+    # its first element too.
+    return lockstep(x[0] if in_batched[0] else x), False
 
 
 def member_mask(build: Callable, members):

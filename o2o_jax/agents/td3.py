@@ -214,7 +214,8 @@ def update(state: TD3, batch, key: jax.Array):
     (_, c_info), grads = jax.value_and_grad(critic_loss, has_aux=True)(
         state.critic.params, state, batch, key)
     state = state.replace(critic=state.critic.apply_gradients(grads=grads))
-    do_actor = state.critic.step % state.policy_delay == 0
+    # Members and seeds step together: one branch for all (not a select of both).
+    do_actor = stacking.lockstep(state.critic.step % state.policy_delay == 0)
     # A skipped step reports the actor loss at the current parameters (no step), so that
     # the logged means are those of the actor loss, not halved by zeros.
     state, a_info = jax.lax.cond(
