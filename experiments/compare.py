@@ -104,10 +104,8 @@ def start_end_drop(run, within: int = 10):
     from), at the last epoch, and the largest drop below the start in epochs 1..`within`
     (`stats.largest_drop`); NaN where the run has no such rows."""
     from o2o_jax import rundir, stats
-    epochs, ys = rundir.learning_curve(run, "normalized_score", "online", x="epoch")
-    by_epoch = np.full((ys.shape[0], int(epochs.max()) + 1 if epochs.size else 0), np.nan)
-    by_epoch[:, epochs.astype(int)] = ys
-    start = by_epoch[:, 0] if by_epoch.shape[1] else np.full(ys.shape[0], np.nan)
+    by_epoch = rundir.epoch_grid(run, "normalized_score", "online")
+    start = by_epoch[:, 0] if by_epoch.shape[1] else np.full(by_epoch.shape[0], np.nan)
     return start, rundir.final_values(run, "normalized_score", "online"), \
         stats.largest_drop(by_epoch, start=0, within=within)
 

@@ -59,12 +59,6 @@ def read_reference(path: str) -> Dict[str, np.ndarray]:
 
 def run_curves(run) -> Dict[str, np.ndarray]:
     """{metric: [S, E+1]} by epoch for one run (NaN where a seed lacks the epoch)."""
-    m = run.metrics
-    online = np.asarray([p == "online" for p in m["phase"]])
-    epochs = m["epoch"][online].astype(int)
-    seeds = m["seed"][online].astype(int)
-    seed_ids = sorted(set(seeds.tolist()))
-    n = epochs.max() + 1 if epochs.size else 0
     out = {}
     keys = [k for k, _ in PAIRS] + ["offline_fraction", "normalized_score"]
     keys += [k + FIRST for k in keys]
@@ -72,16 +66,8 @@ def run_curves(run) -> Dict[str, np.ndarray]:
         base = key[:-len(FIRST)] if key.endswith(FIRST) else key
         column, factor = DERIVED.get(base, (base, 1.0))
         column += key[len(base):]
-        if column not in m:
-            continue
-        vals = np.full((len(seed_ids), n), np.nan)
-        col = m[column][online]
-        for e, s, v in zip(epochs, seeds, col):
-            try:
-                vals[seed_ids.index(s), e] = factor * float(v)
-            except (TypeError, ValueError):
-                pass
-        out[key] = vals
+        if column in run.metrics:
+            out[key] = factor * rundir.epoch_grid(run, column, "online")
     return out
 
 

@@ -524,6 +524,24 @@ def group_curve(runs: Sequence[Run], metric: str = "normalized_score",
                         if has_metric(r, metric, phase))
 
 
+def epoch_grid(run: Run, metric: str = "normalized_score",
+               phase: Optional[str] = "online") -> np.ndarray:
+    """values [S, E + 1]: column e is epoch e (0 to the phase's last epoch), row s seed s
+    (as `seeds`); NaN where a seed has no finite value there (`learning_curve` over
+    x="epoch", laid out so that a missing epoch keeps its column). All NaN where the run
+    has no such metric; no columns where its rows of `phase` have no epoch."""
+    epoch = run.metrics.get("epoch")
+    in_phase = _phase_mask(run, phase)
+    known = (in_phase & np.isfinite(epoch) if epoch is not None and epoch.dtype.kind == "f"
+             else np.zeros(run.num_rows, bool))
+    grid = np.full((len(seeds(run)), int(epoch[known].max()) + 1 if known.any() else 0),
+                   np.nan)
+    if known.any() and has_metric(run, metric, phase):
+        xs, ys = learning_curve(run, metric, phase, x="epoch")
+        grid[:, xs.astype(int)] = ys
+    return grid
+
+
 def final_values(run: Run, metric: str = "normalized_score",
                  phase: Optional[str] = "online") -> np.ndarray:
     """Per seed, the metric's value at the last x where that seed has one (NaN if none)."""

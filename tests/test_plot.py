@@ -117,6 +117,25 @@ def test_no_seed_column_and_missing_num_seeds(tmp_path):
     np.testing.assert_array_equal(ys, [[4.0, 6.0]])
 
 
+def test_epoch_grid_keeps_a_missing_epoch_in_its_column(tmp_path):
+    d = tmp_path / "grid"
+    d.mkdir()
+    (d / "metrics.csv").write_text(
+        "wall_time,phase,step,env_steps,normalized_score,alpha,epoch,seed\n"
+        "1,offline,100,0,3.5,,,0\n"
+        "2,online,,0,4.0,0.1,0,0\n"
+        "2,online,,0,5.0,0.2,0,1\n"
+        "3,online,,200,7.0,,2,0\n"      # seed 0 has no epoch 1; seed 1 no epoch 2
+        "3,online,,100,8.0,,1,1\n"
+        "4,online,,200,9.0,,2,0\n")     # a repeated (seed, epoch): the later row wins
+    run = rundir.load_run(str(d))
+    np.testing.assert_array_equal(rundir.epoch_grid(run),
+                                  [[4.0, np.nan, 9.0], [5.0, 8.0, np.nan]])
+    np.testing.assert_array_equal(rundir.epoch_grid(run, "alpha"),
+                                  [[0.1, np.nan, np.nan], [0.2, np.nan, np.nan]])
+    assert rundir.epoch_grid(run, "normalized_score", "offline").shape == (2, 0)
+
+
 def test_cut_short_summary_reads_as_empty(tmp_path):
     """A run killed while writing summary.json still loads: its curve from metrics.csv,
     the summary as {} (a truncated file must not stop plotting a whole sweep)."""
