@@ -381,13 +381,20 @@ def is_run_dir(path: str) -> bool:
     return os.path.isfile(os.path.join(path, METRICS_FILE))
 
 
-def saved_json(run_dir: str, name: str) -> Optional[Dict[str, Any]]:
+def saved_json(run_dir: str, name: str, warn: bool = False) -> Optional[Dict[str, Any]]:
     """A run directory's `name` (CONFIG_FILE, SUMMARY_FILE) as a dict; None when it is
-    missing or unreadable (not written yet, or cut short)."""
+    missing or unreadable (not written yet, or cut short). With `warn`, a file that is
+    there but does not parse is named on stderr (a reader then goes on without it)."""
+    path = os.path.join(run_dir, name)
     try:
-        with open(os.path.join(run_dir, name)) as f:
+        with open(path) as f:
             return json.load(f)
-    except (OSError, ValueError):
+    except OSError:
+        return None
+    except ValueError as e:
+        if warn:
+            print(f"WARNING: {path} is not valid JSON ({e}; cut short by a kill?): read "
+                  "without it", file=sys.stderr)
         return None
 
 
@@ -404,9 +411,9 @@ def load_run(run_dir: str) -> Run:
         raise FileNotFoundError(
             f"{run_dir}: no {METRICS_FILE} here, so this is not a run directory written "
             f"by experiments.train{hint}")
-    return Run(path=run_dir, config=saved_json(run_dir, CONFIG_FILE) or {},
+    return Run(path=run_dir, config=saved_json(run_dir, CONFIG_FILE, warn=True) or {},
                metrics=read_metrics_csv(os.path.join(run_dir, METRICS_FILE)),
-               summary=saved_json(run_dir, SUMMARY_FILE) or {})
+               summary=saved_json(run_dir, SUMMARY_FILE, warn=True) or {})
 
 
 def expand_run_dirs(patterns: Union[str, Sequence[str]]) -> List[str]:

@@ -340,3 +340,20 @@ def test_ucb_exploration_picks_the_most_optimistic_member_sample():
     # The picks differ between lambda = 100 and 0 on some state (the test can tell them).
     assert not np.allclose(np.asarray(ensemble.ucb_act(agent, obs, key, 100.0)),
                            np.asarray(ensemble.ucb_act(agent, obs, key, 0.0)))
+
+
+def test_lockstep_takes_the_first_member_unbatched_under_nested_vmap():
+    """stacking.lockstep: the identity outside vmap; under seeds x members vmap the value
+    of the first seed's first member for all (its documented rule: values equal by
+    construction), unbatched, so that a cond on it keeps one branch."""
+    from o2o_jax.agents import stacking
+    assert int(stacking.lockstep(jnp.int32(7))) == 7
+    x = jnp.arange(6, dtype=jnp.int32).reshape(2, 3) + 4       # [seeds, members]
+
+    def f(v):
+        return jax.lax.cond(stacking.lockstep(v) % 2 == 0, lambda: v * 10, lambda: -v)
+
+    nested = jax.vmap(jax.vmap(f))
+    np.testing.assert_array_equal(jax.jit(nested)(x), np.asarray(x) * 10)   # x[0, 0] = 4
+    np.testing.assert_array_equal(jax.jit(nested)(x + 1), -(np.asarray(x) + 1))
+    assert " cond[" in str(jax.make_jaxpr(nested)(x))

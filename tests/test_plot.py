@@ -136,7 +136,7 @@ def test_epoch_grid_keeps_a_missing_epoch_in_its_column(tmp_path):
     assert rundir.epoch_grid(run, "normalized_score", "offline").shape == (2, 0)
 
 
-def test_cut_short_summary_reads_as_empty(tmp_path):
+def test_cut_short_summary_reads_as_empty(tmp_path, capsys):
     """A run killed while writing summary.json still loads: its curve from metrics.csv,
     the summary as {} (a truncated file must not stop plotting a whole sweep)."""
     d = tmp_path / "cut"
@@ -147,6 +147,7 @@ def test_cut_short_summary_reads_as_empty(tmp_path):
                                    "1,online,,0,4.0,0\n2,online,,100,6.0,1\n")
     run = rundir.load_run(str(d))
     assert run.summary == {} and run.config == {"algo": "off2on"}
+    assert "summary.json is not valid JSON" in capsys.readouterr().err
     np.testing.assert_array_equal(rundir.learning_curve(run)[1], [[4.0, 6.0]])
 
 

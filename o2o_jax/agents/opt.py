@@ -23,8 +23,9 @@ constants are ours (config fields):
 
 Logged statistics of the phase not running read 0 (e.g. `critic_loss` of Q^off during
 pre-training). The phase switch and the policy delay are `lax.cond`s on step counters
-that all members and seeds share (`stacking.lockstep`), so under vmap only the active
-phase is computed.
+that every member and seed holds equal (each its own copy, stepped together), taken
+through `stacking.lockstep` so that under vmap the compiled program branches to the
+active phase instead of computing both.
 """
 import jax
 import jax.numpy as jnp

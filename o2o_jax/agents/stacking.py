@@ -44,7 +44,8 @@ def lockstep(x: jax.Array) -> jax.Array:
     branches for every member. The members of a stacked set (and the seeds of a run) are
     created together and always take their steps together, so their counters are equal;
     passing the predicate through `lockstep` takes it from the first of them, unbatched, and
-    the cond stays a branch. Outside
+    the cond stays a branch (measured on CPU: BENCHMARKS.md; on a GPU a branch waits for
+    its predicate on the host, so there the gain is unmeasured). Outside
     vmap it is the identity. Only for values equal across the mapped axes by construction:
     where they differ, the first member's decides for all.
     """
