@@ -11,6 +11,9 @@
 #
 #   OUT=runs/methods bash experiments/method_runs.sh [iql|td3bc|adaptive-bc|compare-iql|
 #                                                     compare-td3|compare-ensembles]
+#
+# ENVS picks the environments of iql and td3bc (default both of each), e.g. one 1M run
+# per sitting: ENVS=walker2d OUT=runs/methods bash experiments/method_runs.sh iql
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/methods}
@@ -26,12 +29,12 @@ train() {   # train <config> <run name> <overrides...>
 
 case "$WHAT" in
   iql)   # IQL offline at the paper's budget (1M), then 100k online steps (issue 15)
-    for env in hopper walker2d; do
+    for env in ${ENVS:-hopper walker2d}; do
       train "configs/${env}_medium.py:iql" "iql_${env}_medium_1M" \
           --config.offline.steps=1000000 --config.online.epochs=100
     done ;;
   td3bc) # TD3+BC offline at the paper's budget, then PR-FT on its members (issue 16)
-    for env in hopper halfcheetah; do
+    for env in ${ENVS:-hopper halfcheetah}; do
       train "configs/${env}_medium.py:td3_bc" "td3bc_${env}_medium_1M" \
           --config.offline.steps=1000000 --config.online.epochs=100
       # PR-FT's refinement on those TD3+BC members, then its online phase (no second
