@@ -11,6 +11,7 @@ import os
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
+import functools  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -31,8 +32,8 @@ from o2o_jax.agents import cql, ensemble, sac  # noqa: E402
 # 2-core CPU): the brief's reference figure.
 AUTHORS_STEPS_PER_S = 22.3
 
-FLAGS = flags.DEFINE_list("sections", ["matmul", "agents", "methods", "online", "buffer",
-                                       "seeds"],
+FLAGS = flags.DEFINE_list("sections", ["matmul", "agents", "methods", "branches", "online",
+                                       "buffer", "seeds"],
                           "sections to run")
 _REPS = flags.DEFINE_integer("reps", 5, "timed repetitions (median reported)")
 _STEPS = flags.DEFINE_integer("steps", 100, "updates per compiled call")
@@ -207,6 +208,59 @@ def bench_methods(hidden, batch, steps, reps, peak):
     return rows
 
 
+def bench_branches(hidden, batch, steps, reps):
+    """Each method whose offline update branches (a `lax.cond`, e.g. TD3's policy delay):
+    its chunk as the loops run it (one member, vmapped), with the branch's predicate
+    through `stacking.lockstep` (one branch taken) and with `lockstep` replaced by the
+    identity (vmap turns the cond into a select of both branches), side by side."""
+    import copy
+    from o2o_jax import algorithm
+    from o2o_jax.agents import stacking
+    data = fake_data()
+    data["mc_returns"] = jnp.zeros_like(data["rewards"])
+    base_cfg = base.get_config()
+    for section in base_cfg.values():
+        if hasattr(section, "keys") and "hidden_dims" in section:
+            section.hidden_dims = tuple(hidden)
+    real, rows = stacking.lockstep, []
+    try:
+        for algo in algorithm.all_algorithms():
+            cfg = algo.apply_preset(copy.deepcopy(base_cfg))
+            cfg.agent.num_members = 1
+            if cfg.offline.steps == 0:          # no offline update of its own
+                continue
+            method_data = data if algo.mc_returns else {k: v for k, v in data.items()
+                                                        if k != "mc_returns"}
+            m0 = algo.create_members(jax.random.PRNGKey(0), OBS, ACT, cfg)
+            one = jax.tree_util.tree_map(lambda x: x[0], m0)
+            args = (one, offline.sample_batch(method_data, jax.random.PRNGKey(2), batch),
+                    jax.random.PRNGKey(3))
+            if " cond[" not in str(jax.make_jaxpr(algo.offline_update(cfg))(*args)):
+                continue
+            rates = {}
+            for label, fn in (("select", lambda x: x), ("lockstep", real)):
+                stacking.lockstep = fn        # read when the update is traced
+                chunk = jax.jit(functools.partial(
+                    offline.train_chunk, num_steps=steps, batch_size=batch,
+                    update_fn=algo.offline_update(cfg)))
+                copy_args = lambda: (jax.tree_util.tree_map(jnp.copy, m0),  # noqa: E731
+                                     method_data, jax.random.PRNGKey(1))
+                _, times = time_calls(chunk, copy_args, reps)
+                rates[label] = steps / statistics.median(times)
+            stacking.lockstep = real
+            rows.append((algo.name, rates["select"], rates["lockstep"]))
+            print(f"[bench branches] {algo.name} done", file=sys.stderr, flush=True)
+    finally:
+        stacking.lockstep = real
+    print(f"\n## Branching updates under vmap: both branches vs one (batch {batch}, hidden "
+          f"{hidden}, one member vmapped, {steps} updates per call, median of {reps})")
+    print("| algo | updates/s, select (both branches) | updates/s, lockstep (one) | ratio |")
+    print("|---|---|---|---|")
+    for name, sel, one_branch in rows:
+        print(f"| {name} | {sel:.1f} | {one_branch:.1f} | {one_branch / sel:.2f}x |")
+    return rows
+
+
 def bench_online(hidden, batch, members, steps, reps, peak, num_offline=1_000_000):
     """The full fused online step (balanced replay + DR net) beside the plain
     SAC-ensemble step (uniform replay, no DR net): the ratio is what balanced replay costs."""
@@ -352,6 +406,8 @@ def main(argv):
         agent_rows = bench_agents(hidden, batch, _MEMBERS.value, steps, reps, peak)
     if "methods" in FLAGS.value:
         bench_methods(hidden, batch, steps, reps, peak)
+    if "branches" in FLAGS.value:
+        bench_branches(hidden, batch, steps, reps)
     if "online" in FLAGS.value:
         _, online_full = bench_online(hidden, batch, _MEMBERS.value, steps, reps, peak)
     if agent_rows and online_full and paper_sizes(hidden, batch, _MEMBERS.value):
