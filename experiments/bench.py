@@ -144,35 +144,51 @@ def xla_flops(fn, *args) -> float:
     return float(cost["flops"])
 
 
+def method_setups(hidden):
+    """[(algo, cfg, data, members, member)] for every registered method: its preset with
+    one member and networks of `hidden` in every config section that has `hidden_dims` (a
+    method with its own paper sizes, BCQ, keeps them); the fake dataset, with zero
+    `mc_returns` for the methods that read them; its members [1, ...] and that member."""
+    import copy
+    from o2o_jax import algorithm
+    data = fake_data()
+    data["mc_returns"] = jnp.zeros_like(data["rewards"])
+    base_cfg = base.get_config()
+    for section in base_cfg.values():
+        if hasattr(section, "keys") and "hidden_dims" in section:
+            section.hidden_dims = tuple(hidden)
+    out = []
+    for algo in algorithm.all_algorithms():
+        cfg = algo.apply_preset(copy.deepcopy(base_cfg))
+        cfg.agent.num_members = 1
+        method_data = data if algo.mc_returns else {k: v for k, v in data.items()
+                                                    if k != "mc_returns"}
+        m0 = algo.create_members(jax.random.PRNGKey(0), OBS, ACT, cfg)
+        out.append((algo, cfg, method_data, m0, jax.tree_util.tree_map(lambda x: x[0], m0)))
+    return out
+
+
+def branches(update_fn, *args) -> bool:
+    """Whether one update's program has a `lax.cond` (traced, not compiled)."""
+    return " cond[" in str(jax.make_jaxpr(update_fn)(*args))
+
+
 def bench_methods(hidden, batch, steps, reps, peak):
     """Every registered method's offline update of one member: updates/s and % of the
     matmul rate. Each method with its preset; networks: `hidden` for every config section
     with `hidden_dims` (a method with its own paper sizes, BCQ, keeps them). A method
     whose one update call takes G minibatches (REDQ's UTD scan: its preset's batch is G x
     `batch`) counts G updates per call. FLOPs from XLA's cost analysis."""
-    import copy
-    from o2o_jax import algorithm
-    data = fake_data()
-    data["mc_returns"] = jnp.zeros_like(data["rewards"])   # for methods that read them
-    base_cfg = base.get_config()
-    for section in base_cfg.values():     # every section with networks of `hidden_dims`
-        if hasattr(section, "keys") and "hidden_dims" in section:
-            section.hidden_dims = tuple(hidden)
     rows = []
-    algos = algorithm.all_algorithms()
+    setups = method_setups(hidden)
     started = time.perf_counter()
-    for i, algo in enumerate(algos):
-        cfg = algo.apply_preset(copy.deepcopy(base_cfg))
-        cfg.agent.num_members = 1
+    for i, (algo, cfg, method_data, m0, one) in enumerate(setups):
         per_call = max(1, cfg.online.batch_size // batch) if cfg.offline.steps == 0 else 1
         b = batch * per_call
-        method_data = data if algo.mc_returns else {k: v for k, v in data.items()
-                                                    if k != "mc_returns"}
         update_fn = algo.offline_update(cfg)
-        m0 = algo.create_members(jax.random.PRNGKey(0), OBS, ACT, cfg)
-        one = jax.tree_util.tree_map(lambda x: x[0], m0)
-        f = xla_flops(update_fn, one, offline.sample_batch(method_data, jax.random.PRNGKey(2),
-                                                           b), jax.random.PRNGKey(3))
+        one_update = (one, offline.sample_batch(method_data, jax.random.PRNGKey(2), b),
+                      jax.random.PRNGKey(3))
+        f = xla_flops(update_fn, *one_update)
         chunk = offline.make_train_chunk(steps, b, update_fn)
         copy_args = lambda: (jax.tree_util.tree_map(jnp.copy, m0), method_data,  # noqa: E731
                              jax.random.PRNGKey(1))
@@ -183,15 +199,14 @@ def bench_methods(hidden, batch, steps, reps, peak):
         flop = None if per_call > 1 else f
         # XLA counts a `lax.cond` at its larger branch (TD3's policy delay: the actor step
         # on every update), so a method whose update branches has an upper bound.
-        bound = " cond[" in str(jax.make_jaxpr(update_fn)(one, offline.sample_batch(
-            method_data, jax.random.PRNGKey(2), b), jax.random.PRNGKey(3)))
+        bound = branches(update_fn, *one_update)
         rows.append((algo.name, 1.0 / per_update, compile_s,
                      None if flop is None else flop / per_update, flop, bound))
         # The table prints at the end (minutes at full size): progress on stderr meanwhile.
         elapsed = time.perf_counter() - started
-        print(f"[bench methods] {i + 1}/{len(algos)} {algo.name}: {1.0 / per_update:.1f} "
+        print(f"[bench methods] {i + 1}/{len(setups)} {algo.name}: {1.0 / per_update:.1f} "
               f"updates/s (compile {compile_s:.1f} s); elapsed {format_seconds(elapsed)} ETA "
-              f"{format_seconds(elapsed / (i + 1) * (len(algos) - i - 1))}",
+              f"{format_seconds(elapsed / (i + 1) * (len(setups) - i - 1))}",
               file=sys.stderr, flush=True)
     print(f"\n## Each method's offline update, one member (batch {batch}, hidden {hidden}, "
           f"{steps} calls per compiled chunk, median of {reps}; FLOPs by XLA's cost "
@@ -213,29 +228,14 @@ def bench_branches(hidden, batch, steps, reps):
     its chunk as the loops run it (one member, vmapped), with the branch's predicate
     through `stacking.lockstep` (one branch taken) and with `lockstep` replaced by the
     identity (vmap turns the cond into a select of both branches), side by side."""
-    import copy
-    from o2o_jax import algorithm
     from o2o_jax.agents import stacking
-    data = fake_data()
-    data["mc_returns"] = jnp.zeros_like(data["rewards"])
-    base_cfg = base.get_config()
-    for section in base_cfg.values():
-        if hasattr(section, "keys") and "hidden_dims" in section:
-            section.hidden_dims = tuple(hidden)
     real, rows = stacking.lockstep, []
     try:
-        for algo in algorithm.all_algorithms():
-            cfg = algo.apply_preset(copy.deepcopy(base_cfg))
-            cfg.agent.num_members = 1
+        for algo, cfg, method_data, m0, one in method_setups(hidden):
             if cfg.offline.steps == 0:          # no offline update of its own
                 continue
-            method_data = data if algo.mc_returns else {k: v for k, v in data.items()
-                                                        if k != "mc_returns"}
-            m0 = algo.create_members(jax.random.PRNGKey(0), OBS, ACT, cfg)
-            one = jax.tree_util.tree_map(lambda x: x[0], m0)
-            args = (one, offline.sample_batch(method_data, jax.random.PRNGKey(2), batch),
-                    jax.random.PRNGKey(3))
-            if " cond[" not in str(jax.make_jaxpr(algo.offline_update(cfg))(*args)):
+            if not branches(algo.offline_update(cfg), one, offline.sample_batch(
+                    method_data, jax.random.PRNGKey(2), batch), jax.random.PRNGKey(3)):
                 continue
             rates = {}
             for label, fn in (("select", lambda x: x), ("lockstep", real)):
