@@ -23,6 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from o2o_jax import distributed
+from o2o_jax.agents import stacking
 
 
 class CheckpointError(RuntimeError):
@@ -352,8 +353,19 @@ def load_members(cfg, template, obs_dim: int, act_dim: int,
         one = restore(path, jax.tree_util.tree_map(lambda x: x[:1], template),
                                   expect=expect)
         print(f"the members of {path} are shared by all {cfg.num_seeds} seeds")
-        return jax.tree_util.tree_map(lambda x: jnp.repeat(x, cfg.num_seeds, axis=0), one)
-    return restore(path, template, expect=expect)
+        members = jax.tree_util.tree_map(lambda x: jnp.repeat(x, cfg.num_seeds, axis=0), one)
+    else:
+        members = restore(path, template, expect=expect)
+    unequal = stacking.unequal_counters(members)
+    if unequal:
+        raise CheckpointError(
+            f"{field}: the members of {path!r} do not share their step counters ("
+            + "; ".join(unequal) + "): members trained together always do, and the "
+            "updates branch on the first member's counter for all (TD3's policy delay, "
+            "OPT's phase; agents.stacking.lockstep). Load members saved together by one "
+            "run (its offline_members/), or import them at one step "
+            "(experiments.import_members --steps)")
+    return members
 
 
 def read_env_state(path: str):

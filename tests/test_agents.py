@@ -357,3 +357,26 @@ def test_lockstep_takes_the_first_member_unbatched_under_nested_vmap():
     np.testing.assert_array_equal(jax.jit(nested)(x), np.asarray(x) * 10)   # x[0, 0] = 4
     np.testing.assert_array_equal(jax.jit(nested)(x + 1), -(np.asarray(x) + 1))
     assert " cond[" in str(jax.make_jaxpr(nested)(x))
+
+
+def test_unequal_counters_names_the_counters_out_of_lockstep():
+    """stacking.unequal_counters: nothing for members created together; a train state's step
+    or an Adam count that differs across members (or seeds) is named with its values."""
+    from o2o_jax.agents import stacking, td3
+    import ml_collections
+    cfg = ml_collections.ConfigDict({"td3": td3.default_config(), "agent": {"num_members": 3}})
+    cfg.td3.hidden_dims = (8, 8)
+    members = td3.members_from_config(jax.random.PRNGKey(0), 5, 2, cfg, "td3_bc")
+    seeds = jax.tree_util.tree_map(lambda x: jnp.stack([x, x]), members)   # [S = 2, N = 3]
+    assert stacking.unequal_counters(members) == []
+    assert stacking.unequal_counters(seeds) == []
+    # Counters that differ from each other but are equal across members are in lockstep.
+    moved = members.replace(actor=members.actor.replace(step=members.actor.step + 7))
+    assert stacking.unequal_counters(moved) == []
+    one_member = members.replace(critic=members.critic.replace(
+        step=members.critic.step.at[1].set(5)))
+    assert stacking.unequal_counters(one_member) == [".critic.step: 0, 5"]
+    count = seeds.actor.opt_state[0].count.at[1, 2].add(3)
+    other_seed = seeds.replace(actor=seeds.actor.replace(
+        opt_state=(seeds.actor.opt_state[0]._replace(count=count),) + seeds.actor.opt_state[1:]))
+    assert stacking.unequal_counters(other_seed) == [".actor.opt_state[0].count: 0, 3"]

@@ -115,6 +115,31 @@ def test_finetune_only_from_saved_members_repeats_the_online_phase(reference_run
         pipeline.run(bad)
 
 
+def test_members_out_of_lockstep_are_refused(reference_run, tmp_path):
+    """Members whose step counters differ (put together from other runs or steps) are
+    refused on loading, naming the counter: the updates branch on the first member's
+    counter for all (stacking.lockstep). The reference run's own members load."""
+    from o2o_jax import algorithm
+    _, ref_dir = reference_run
+    source = os.path.join(ref_dir, "offline_members")
+    cfg = tiny_config(tmp_path, "ft", **{"online.load_offline_from": source})
+    template = algorithm.get(cfg.algo).create_members(jax.random.PRNGKey(0), 11, 3, cfg)
+    template = jax.tree_util.tree_map(lambda x: np.asarray(x)[None], template)  # [S=1, N]
+    members = checkpoints.load_members(cfg, template, 11, 3)
+    critic = members.ac.critic
+    steps = np.asarray(critic.step)
+    assert steps.shape == (1, 2) and steps[0, 0] == steps[0, 1] > 0
+    mixed = members.replace(ac=members.ac.replace(critic=critic.replace(
+        step=steps + np.array([[0, 1]]))))
+    out = str(tmp_path / "mixed_members")
+    checkpoints.save(out, mixed, checkpoints.read_meta(source))
+    cfg.online.load_offline_from = out
+    with pytest.raises(checkpoints.CheckpointError,
+                       match=r"online.load_offline_from: .*\.ac\.critic\.step: "
+                             f"{steps[0, 0]}, {steps[0, 0] + 1}"):
+        pipeline.run(cfg)
+
+
 def test_pretraining_goes_on_from_saved_members(reference_run, tmp_path):
     """offline.init_from: pretraining starts from a members checkpoint. Its step-0 row scores
     the loaded members on the offline evaluation's own episodes, so it repeats the source

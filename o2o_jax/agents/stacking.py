@@ -4,10 +4,11 @@ Offline members are N independent states of one type (actor-critic, BCQ, ...) wh
 parameters, optimizer states and counters are stacked leaf by leaf; updates `jax.vmap` over
 the leading axis. Member i is created from `jax.random.split(key, N)[i]`.
 """
-from typing import Callable
+from typing import Callable, List
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import custom_batching
 
 
@@ -58,6 +59,30 @@ def _lockstep_vmap(axis_size, in_batched, x):
     # Called again on the first element so that an outer vmap (seeds over members) takes
     # its first element too.
     return lockstep(x[0] if in_batched[0] else x), False
+
+
+# The names of the counters that `lockstep` relies on: a train state's `step`, Adam's `count`.
+COUNTER_NAMES = ("step", "count")
+
+
+def unequal_counters(tree) -> List[str]:
+    """The counters of a stacked set (leaves named as in `COUNTER_NAMES`) whose entries
+    differ across its leading axes (members, seeds), each as "<path>: <values>"; empty when
+    all are in lockstep. Members created and trained together always are; members put
+    together from different runs or steps are not, and `lockstep` would take the first
+    one's counter for all of them."""
+    bad = []
+    for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        last = path[-1] if path else None
+        name = getattr(last, "name", getattr(last, "key", None))
+        if name not in COUNTER_NAMES or np.ndim(x) == 0:
+            continue
+        a = np.asarray(x)
+        if not np.all(a == a.flat[0]):
+            values = sorted(set(a.ravel().tolist()))
+            shown = ", ".join(map(str, values[:4])) + (", ..." if len(values) > 4 else "")
+            bad.append(f"{jax.tree_util.keystr(path)}: {shown}")
+    return bad
 
 
 def member_mask(build: Callable, members):
