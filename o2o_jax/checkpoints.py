@@ -356,15 +356,15 @@ def load_members(cfg, template, obs_dim: int, act_dim: int,
         members = jax.tree_util.tree_map(lambda x: jnp.repeat(x, cfg.num_seeds, axis=0), one)
     else:
         members = restore(path, template, expect=expect)
-    unequal = stacking.unequal_counters(members)
+    unequal = stacking.unequal_counters(members, distributed.to_host)
     if unequal:
         raise CheckpointError(
             f"{field}: the members of {path!r} do not share their step counters ("
             + "; ".join(unequal) + "): members trained together always do, and the "
-            "updates branch on the first member's counter for all (TD3's policy delay, "
-            "OPT's phase; agents.stacking.lockstep). Load members saved together by one "
-            "run (its offline_members/), or import them at one step "
-            "(experiments.import_members --steps)")
+            "updates and the online hand-over take the first member's counters for all "
+            "(TD3's policy delay and OPT's phase: agents.stacking.lockstep; "
+            "ensemble.to_ensemble). Load members saved together by one run (its "
+            "offline_members/)")
     return members
 
 

@@ -1,6 +1,7 @@
 """Two processes joined by jax.distributed (two CPU devices each, talking over gloo) run
 the pipeline as one program: the numbers of a single unsharded process, one run directory
-written by the primary alone, and a resume from the checkpoint both processes wrote."""
+written by the primary alone, a resume from the checkpoint both processes wrote, and a
+fine-tuning of the members it saved."""
 import json
 import os
 import socket
@@ -45,6 +46,11 @@ out = {{"devices": len(jax.devices()), "local_devices": len(jax.local_devices())
 # (online, before the last epoch), restored on both processes.
 s = pipeline.run(tiny_config({out_dir!r}, "dist", num_seeds=2, resume=True, **dist))
 out.update(resumed_final=s["final"]["per_seed_return"], resumed_rows=read_rows(run))
+# Fine-tuning the run's saved members (read on both processes, counters checked across
+# them) repeats its online phase.
+ft = {{**dist, "online.load_offline_from": os.path.join(run, "offline_members")}}
+s = pipeline.run(tiny_config({out_dir!r}, "dist_ft", num_seeds=2, **ft))
+out.update(ft_final=s["final"]["per_seed_return"])
 print("RESULT", json.dumps(out))
 """
 
@@ -86,6 +92,7 @@ def test_two_processes_equal_one_and_resume(minari_root, tmp_path):
         np.testing.assert_allclose(r["offline"], ref["offline"]["per_seed_return"], rtol=1e-4)
         np.testing.assert_allclose(r["final"], ref["final"]["per_seed_return"], rtol=1e-4)
         np.testing.assert_allclose(r["resumed_final"], r["final"], rtol=1e-5)
+        np.testing.assert_allclose(r["ft_final"], r["final"], rtol=1e-5)
     # One CSV, written once: the reference's rows and columns (losses to float tolerance).
     rows, ref_rows = res[0]["rows"], read_rows(os.path.join(tmp_path, "ref"))
     assert len(rows) == len(ref_rows) and rows[0].keys() == ref_rows[0].keys()

@@ -61,23 +61,24 @@ def _lockstep_vmap(axis_size, in_batched, x):
     return lockstep(x[0] if in_batched[0] else x), False
 
 
-# The names of the counters that `lockstep` relies on: a train state's `step`, Adam's `count`.
+# Counters: a train state's `step`, Adam's `count` (and OPT's, BAQ's own `step`).
 COUNTER_NAMES = ("step", "count")
 
 
-def unequal_counters(tree) -> List[str]:
-    """The counters of a stacked set (leaves named as in `COUNTER_NAMES`) whose entries
-    differ across its leading axes (members, seeds), each as "<path>: <values>"; empty when
-    all are in lockstep. Members created and trained together always are; members put
-    together from different runs or steps are not, and `lockstep` would take the first
-    one's counter for all of them."""
+def unequal_counters(tree, to_host: Callable = np.asarray) -> List[str]:
+    """The counters of a stacked set (leaves named as in `COUNTER_NAMES`) with any two
+    entries unequal, each as "<path>: <values>"; empty when all are in lockstep. Members
+    created and trained together always are; members put together from different runs or
+    steps are not, and the updates would take the first one's counter for all of them
+    (`lockstep`; also the online hand-over, `ensemble.to_ensemble`). `to_host`: a leaf as
+    a NumPy array (`distributed.to_host` where leaves span processes)."""
     bad = []
     for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
         last = path[-1] if path else None
         name = getattr(last, "name", getattr(last, "key", None))
         if name not in COUNTER_NAMES or np.ndim(x) == 0:
             continue
-        a = np.asarray(x)
+        a = to_host(x)
         if not np.all(a == a.flat[0]):
             values = sorted(set(a.ravel().tolist()))
             shown = ", ".join(map(str, values[:4])) + (", ..." if len(values) > 4 else "")
