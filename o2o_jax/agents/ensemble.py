@@ -138,9 +138,8 @@ def online_lrs(online_cfg) -> dict:
 
 
 def _first_counters(train_state):
-    def first_count(path, x):
-        name = getattr(path[-1], "name", None) if path else None
-        return x[0] if name == "count" else x
+    def first_count(path, x):   # the optimizer state's counters (Adam's count)
+        return x[0] if stacking.is_counter(path) else x
     return train_state.replace(
         step=train_state.step[0],
         opt_state=jax.tree_util.tree_map_with_path(first_count, train_state.opt_state))

@@ -65,6 +65,13 @@ def _lockstep_vmap(axis_size, in_batched, x):
 COUNTER_NAMES = ("step", "count")
 
 
+def is_counter(path) -> bool:
+    """Whether the leaf at `path` (of `jax.tree_util.tree_flatten_with_path`) is a counter:
+    its last key (a field or a dict key) is one of `COUNTER_NAMES`."""
+    last = path[-1] if path else None
+    return getattr(last, "name", getattr(last, "key", None)) in COUNTER_NAMES
+
+
 def unequal_counters(tree, to_host: Callable = np.asarray) -> List[str]:
     """The counters of a stacked set (leaves named as in `COUNTER_NAMES`) with any two
     entries unequal, each as "<path>: <values>"; empty when all are in lockstep. Members
@@ -74,9 +81,7 @@ def unequal_counters(tree, to_host: Callable = np.asarray) -> List[str]:
     a NumPy array (`distributed.to_host` where leaves span processes)."""
     bad = []
     for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        last = path[-1] if path else None
-        name = getattr(last, "name", getattr(last, "key", None))
-        if name not in COUNTER_NAMES or np.ndim(x) == 0:
+        if not is_counter(path) or np.ndim(x) == 0:
             continue
         a = to_host(x)
         if not np.all(a == a.flat[0]):
