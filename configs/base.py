@@ -80,6 +80,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.online.env_steps_per_epoch = 1_000
     c.online.updates_per_epoch = 1_000  # UTD 1
     c.online.first_epoch_multiplier = 5  # reference: 5 to 10
+    # Env steps between training calls within an epoch, each call running its share of
+    # updates_per_epoch: 0 trains once after the epoch's collection (rlkit's loop, the
+    # authors'); 1 after every env step (REDQ's and AdaptiveBC's code: their presets).
+    c.online.train_every = 0
     c.online.batch_size = 256
     c.online.dr_batch_size = 256
     c.online.replay = "balanced"        # balanced | uniform | online_only | mixed | oorb

@@ -128,6 +128,21 @@ def check(cfg):
                    "-e '.[tensorboard]'); or set it False")
 
 
+def check_train_every(cfg):
+    """online.train_every: 0, or a divisor of env_steps_per_epoch that leaves every
+    training call the same whole number of updates."""
+    oc = cfg.online
+    non_negative_int(cfg, "online.train_every")
+    every = oc.get("train_every", 0)
+    if every:
+        calls = oc.env_steps_per_epoch // every
+        require(cfg, "online.train_every", oc.env_steps_per_epoch % every == 0
+                and oc.updates_per_epoch % calls == 0,
+                f"must divide online.env_steps_per_epoch = {oc.env_steps_per_epoch} into "
+                f"calls that share online.updates_per_epoch = {oc.updates_per_epoch} evenly "
+                "(0: one training call per epoch)")
+
+
 def check_online(cfg):
     non_negative_int(cfg, "online.epochs")
     for f in ("env_steps_per_epoch", "updates_per_epoch", "first_epoch_multiplier",
@@ -140,6 +155,7 @@ def check_online(cfg):
     positive_int(cfg, "online.oorb_window")
     in_range(cfg, "online.oorb_online_prob", 0.0, 1.0)
     non_negative_int(cfg, "online.seed_min")
+    check_train_every(cfg)
     in_range(cfg, "online.init_online_fraction", 0.0, 1.0, lo_open=True, hi_open=True)
     positive_float(cfg, "online.priority_temperature")
     for f in ("dr_lr", "actor_lr", "critic_lr", "temp_lr"):

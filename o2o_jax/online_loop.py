@@ -1,6 +1,8 @@
 """The online phase's loop (spec section 5): per epoch evaluate, collect with the online
-agent in the seeds' envs, add to the replay, and train (one compiled call of
-`online.make_train_epoch`); checkpoints with the envs' exact states."""
+agent in the seeds' envs, add to the replay, and train (compiled calls of
+`online.make_train_epoch`: one after the epoch's collection, or, with
+`online.train_every` = k, one after every k env steps, each with its share of the epoch's
+updates); checkpoints with the envs' exact states."""
 import functools
 import pickle
 
@@ -29,6 +31,12 @@ def step_config(cfg) -> online.StepConfig:
                              fifo_window=oc.fifo_window, offline_ratio=oc.offline_ratio,
                              oorb_window=oc.oorb_window, oorb_online_prob=oc.oorb_online_prob,
                              update_fn=algorithm.get(cfg.algo).online_update(cfg))
+
+
+def train_chunk(online_cfg) -> int:
+    """Env steps collected between two training calls (`online.train_every`; 0: the
+    epoch's, one call after its collection)."""
+    return int(online_cfg.get("train_every", 0)) or int(online_cfg.env_steps_per_epoch)
 
 
 def init_online(ctx: Context, members, key):
@@ -124,48 +132,58 @@ def finetune(ctx: Context, state, key, start_epoch: int = 0, resume_meta=None,
             for row in per_seed_rows(base, {}, ctx.seeds, extra):
                 ctx.run_dir.log(row)
             break
-        # Collect: one batched policy call per env step for all seeds.
+        # Collect: one batched policy call per env step for all seeds; train after every
+        # `chunk` env steps (`online.train_every`; 0: once, after the epoch's collection).
         key, k_collect, k_auc, k_train = split_each(key, 4)
         # The step keys stay on device: one call splits them into the epoch's per-step keys.
         step_keys = _per_step_keys(k_collect, oc.env_steps_per_epoch)
-        steps = []
+        chunk = train_chunk(oc)
+        num_chunks = oc.env_steps_per_epoch // chunk
+        train = online.make_train_epoch(oc.updates_per_epoch // num_chunks, step_cfg,
+                                        seed_axis=True)
+        # The first epoch runs `first_epoch_multiplier` calls after each chunk.
+        calls = oc.first_epoch_multiplier if epoch == 0 else 1
+        chunk_keys = _per_step_keys(k_train, num_chunks) if num_chunks > 1 else [k_train]
         if pending is not None:   # the replay slot of this epoch's first transition
             first_slot = int(np.asarray(distributed.to_host(
                 state.replay.online.insert_pos)).reshape(-1)[0])
             capacity = state.replay.online.capacity
-        for t in range(oc.env_steps_per_epoch):
-            action = act(state.agent, jnp.asarray(env.obs[:, None]), step_keys[t])
-            transition, _ = env.step(distributed.to_host(action)[:, 0])
-            steps.append(transition)
-            for s in np.flatnonzero(env.episode_length == 0):   # episodes that just ended
-                recent[s] = (recent[s] + [float(env.last_returns[s])])[-10:]
-            ended = env.episode_length == 0
+        epoch_new, infos = [], []
+        for c in range(num_chunks):
+            steps = []
+            for t in range(c * chunk, (c + 1) * chunk):
+                action = act(state.agent, jnp.asarray(env.obs[:, None]), step_keys[t])
+                transition, _ = env.step(distributed.to_host(action)[:, 0])
+                steps.append(transition)
+                for s in np.flatnonzero(env.episode_length == 0):   # episodes that just ended
+                    recent[s] = (recent[s] + [float(env.last_returns[s])])[-10:]
+                ended = env.episode_length == 0
+                if pending is not None:
+                    pending.add((first_slot + t) % capacity, transition["rewards"], ended)
+                if episode_end is not None and ended.any():
+                    state = state.replace(agent=episode_end(
+                        state.agent, jnp.asarray(env.last_returns, jnp.float32),
+                        jnp.asarray(env.last_lengths, jnp.float32), jnp.asarray(ended)))
+            new = {k: np.stack([t[k] for t in steps], axis=1) for k in TRANSITION_KEYS}
+            epoch_new.append(new)
+            new = {k: jnp.asarray(v) for k, v in new.items()}
             if pending is not None:
-                pending.add((first_slot + t) % capacity, transition["rewards"], ended)
-            if episode_end is not None and ended.any():
-                state = state.replace(agent=episode_end(
-                    state.agent, jnp.asarray(env.last_returns, jnp.float32),
-                    jnp.asarray(env.last_lengths, jnp.float32), jnp.asarray(ended)))
-        new = {k: jnp.asarray(np.stack([t[k] for t in steps], axis=1))
-               for k in TRANSITION_KEYS}
-        if pending is not None:
-            new[mc_returns.KEY] = jnp.full(new["rewards"].shape, mc_returns.UNKNOWN)
-        state = state.replace(replay=_add_online(oc.replay)(state.replay, new))
-        writes = (pending.take_writes(pad_slot=2 ** 30, bucket=oc.env_steps_per_epoch)
-                  if pending is not None else None)
-        if writes is not None:
-            state = state.replace(replay=_write_mc_returns()(
-                state.replay, jnp.asarray(writes[0]), jnp.asarray(writes[1])))
-        auroc = distributed.to_host(q_auroc(state.agent, new["observations"], new["actions"],
-                                            k_auc))
-        # Train: one compiled call per epoch's worth of updates, all seeds; the first
-        # epoch runs `first_epoch_multiplier` of them.
-        train = online.make_train_epoch(oc.updates_per_epoch, step_cfg, seed_axis=True)
-        calls = oc.first_epoch_multiplier if epoch == 0 else 1
-        infos = []
-        for k in (split_each(k_train, calls) if calls > 1 else [k_train]):
-            state, info = train(state, ctx.data, k)
-            infos.append(info)
+                new[mc_returns.KEY] = jnp.full(new["rewards"].shape, mc_returns.UNKNOWN)
+            state = state.replace(replay=_add_online(oc.replay)(state.replay, new))
+            writes = (pending.take_writes(pad_slot=2 ** 30, bucket=oc.env_steps_per_epoch)
+                      if pending is not None else None)
+            if writes is not None:
+                state = state.replace(replay=_write_mc_returns()(
+                    state.replay, jnp.asarray(writes[0]), jnp.asarray(writes[1])))
+            if c == num_chunks - 1:   # the AUROC of Q on all the epoch's new transitions
+                auroc = distributed.to_host(q_auroc(
+                    state.agent, jnp.asarray(np.concatenate(
+                        [n["observations"] for n in epoch_new], axis=1)),
+                    jnp.asarray(np.concatenate([n["actions"] for n in epoch_new], axis=1)),
+                    k_auc))
+            for k in (split_each(chunk_keys[c], calls) if calls > 1 else [chunk_keys[c]]):
+                state, info = train(state, ctx.data, k)
+                infos.append(info)
         info = distributed.to_host_tree(
             {k: (infos[0][k] if k.endswith(online.FIRST_BATCH_SUFFIX)   # the epoch's first
                  else functools.reduce(jnp.maximum, [i[k] for i in infos])

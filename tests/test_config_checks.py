@@ -35,6 +35,9 @@ BAD = [
     ("online.replay", "prioritised", "must be one of"),
     ("online.init_online_fraction", 1.0, r"must lie in \(0.0, 1.0\)"),
     ("online.explore_ucb_lambda", -1.0, ">= 0"),
+    ("online.train_every", -1, "integer >= 0"),
+    # 1000 env steps do not split into chunks of 300 (nor 1000 updates into 3 calls).
+    ("online.train_every", 300, "must divide online.env_steps_per_epoch = 1000"),
     ("num_seeds", 0, "positive integer"),
     # The method fine-tunes with SAC: a CQL weight online would be silently unused.
     ("online.cql_weight", 5.0, "algo=cql_ft"),

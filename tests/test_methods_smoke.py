@@ -13,6 +13,8 @@ def test_method_runs_end_to_end(minari_root, tmp_path, method):
     cfg = tiny_config(tmp_path, method)
     algorithm.get(method).apply_preset(cfg)
     cfg.online.epochs = 2
+    if cfg.online.train_every:   # training every env step (REDQ, AdaptiveBC): one call each
+        cfg.online.updates_per_epoch = cfg.online.env_steps_per_epoch // cfg.online.train_every
     cfg.fqe.steps = cfg.prft.pr_steps = cfg.aca.align_steps = 20
     cfg.opt.pretrain_updates = 10          # both of OPT's online phases run
     cfg.bcq.update(vae_hidden_dims=(8, 8), actor_hidden_dims=(8, 8), critic_hidden_dims=(8, 8))

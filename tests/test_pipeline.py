@@ -12,7 +12,8 @@ import pytest
 
 from o2o_jax import checkpoints, config_checks, pipeline
 
-from tests.helpers import ROOT, numeric_rows, read_rows, tiny_config  # noqa: E402
+from tests.helpers import (ROOT, numeric_rows, read_rows, resumed_rows_match,  # noqa: E402
+                           tiny_config)
 
 
 @pytest.mark.parametrize("replay", ["balanced", "uniform", "online_only"])
@@ -529,3 +530,47 @@ def test_summary_times_count_the_processes_before_a_resume(minari_root, tmp_path
         assert 0 < summary["online_time_s"] - recorded["online"] <= resumed_for
     else:
         assert 0 < summary["offline_time_s"] - recorded["offline"] <= resumed_for
+
+
+def test_train_every_trains_after_each_chunk_of_env_steps(minari_root, tmp_path,
+                                                          monkeypatch):
+    """`online.train_every` = 10 of 40 env steps: four training calls per epoch, each after
+    10 more transitions reached the online buffer and each running a quarter of the
+    epoch's updates (the first epoch: `first_epoch_multiplier` calls per chunk)."""
+    from o2o_jax import online
+    seen = []
+    real = online.make_train_epoch
+
+    def recording(num_steps, *args, **kwargs):
+        fn = real(num_steps, *args, **kwargs)
+
+        def wrapped(state, *a):
+            seen.append((num_steps, int(np.asarray(state.replay.online.size).reshape(-1)[0]),
+                         int(np.asarray(state.agent.critic.step).reshape(-1)[0])))
+            return fn(state, *a)
+        return wrapped
+    monkeypatch.setattr(online, "make_train_epoch", recording)
+    pipeline.run(tiny_config(tmp_path, "chunks", **{
+        "online.epochs": 2, "online.train_every": 10, "online.updates_per_epoch": 20}))
+    assert [n for n, _, _ in seen] == [5] * 12
+    sizes = np.array([s for _, s, _ in seen])
+    np.testing.assert_array_equal(sizes - sizes[0] + 10,
+                                  [10, 10, 20, 20, 30, 30, 40, 40, 50, 60, 70, 80])
+    steps = np.array([c for _, _, c in seen])
+    np.testing.assert_array_equal(np.diff(steps), [5] * 11)
+
+
+def test_one_chunk_per_epoch_is_the_default_loop(reference_run, tmp_path):
+    """train_every = env_steps_per_epoch is the loop without it, value for value."""
+    ref, ref_dir = reference_run
+    pipeline.run(tiny_config(tmp_path, "one_chunk", **{"online.train_every": 40}))
+    assert (numeric_rows(read_rows(os.path.join(tmp_path, "one_chunk")))
+            == numeric_rows(read_rows(ref_dir)))
+
+
+def test_a_run_training_every_few_env_steps_resumes_exactly(minari_root, tmp_path,
+                                                            monkeypatch):
+    def configure(c):
+        c.online.train_every = 20
+    rows = resumed_rows_match(tmp_path, monkeypatch, configure)
+    assert any(r["phase"] == "online" and r["critic_loss"] for r in rows)

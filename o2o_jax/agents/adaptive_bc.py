@@ -15,7 +15,10 @@ Qhat the critics' mean (objective "normalized_bc", q_hat "mean"), then Polyak.
   `online.seed_min`) and is the only replay (`online_only`), its capacity the online
   budget, so the seed data (the oldest items) are overwritten first, once it is full late
   in the run, as in the code; UTD G = 10: one call takes a G x B batch and
-  scans G updates over its minibatches; exploration noise 0.1.
+  scans G updates over its minibatches, one call after every env step as in the code
+  (the preset's `online.train_every` = 1: with the epoch's 10k updates run after its
+  collection, the critic without the BC term diverged here once the controller had
+  taken alpha to 0, RESULTS.md); exploration noise 0.1.
 * The controller, after every episode (R in units of R_max T: the per-step maximum
   reward x the episode limit, the code's `--use_r_max` form; the spec's default, since the
   D4RL-normalised form leaks the expert score):
@@ -172,7 +175,7 @@ def _register():
         config_section=("adaptive_bc", default_config),
         preset={"agent.num_members": 1, "online.replay": "online_only",
                 "online.seed_fraction": 0.05, "online.seed_min": 50_000,
-                "online.batch_size": 256 * 10},
+                "online.batch_size": 256 * 10, "online.train_every": 1},
         check=_check, progress_keys=("critic_loss", "q_data", "bc_alpha")))
 
 

@@ -18,9 +18,11 @@ G x the minibatch, set by the preset) and runs G updates on its G minibatches in
 Target entropy (the code: MBPO's): hopper -1, halfcheetah -3, walker2d -3
 (`redq.target_entropy` None); other envs -|A| / 2 (ours).
 
-Used from scratch (the preset: no offline phase, online replay only, one agent); the
-code's 5k random-action start steps are not reproduced: the first epoch's env steps come
-from the initial policy.
+Used from scratch (the preset: no offline phase, online replay only, one agent), with one
+call (G updates) after every env step as in the code (the preset's `online.train_every`
+= 1: with the epoch's G x 1000 updates run after its 1000 env steps, the critics diverged
+at UTD 5 and 20, at 2 x 64 and 2 x 256, RESULTS.md). The code's 5k random-action start
+steps are not reproduced: the first epoch's env steps come from the initial policy.
 """
 import functools
 
@@ -134,7 +136,8 @@ def _register():
         q_value=ensemble.q_ens, members_act_eval=ensemble.members_policy_ensemble,
         config_section=("redq", default_config),
         preset={"offline.steps": 0, "online.replay": "online_only", "agent.num_members": 1,
-                "online.batch_size": 256 * 20, "online.backup_entropy": True},
+                "online.batch_size": 256 * 20, "online.backup_entropy": True,
+                "online.train_every": 1},
         check=_check))
 
 
