@@ -170,9 +170,22 @@ def config_diff(saved: dict, cfg) -> list:
     return sorted(_diff_keys(comparable_dict(saved), comparable_config(cfg)))
 
 
+# Config keys added after runs were saved, with the value that reproduces what those runs
+# did: a saved config without one reads as having it (so such runs still resume and still
+# count as finished for experiments.compare).
+ADDED_KEYS = {"online.train_every": 0}
+
+
 def comparable_dict(d: dict) -> dict:
     """`comparable_config` of a config already as a dict (e.g. a run's config.json)."""
     d = copy.deepcopy(d)
+    for dotted, value in ADDED_KEYS.items():
+        *path, last = dotted.split(".")
+        node = d
+        for p in path:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.setdefault(last, value)
     for k in ("resume", "run_dir", "run_name", "tensorboard", "distributed"):
         d.pop(k, None)
     d.get("checkpoint", {}).pop("keep", None)

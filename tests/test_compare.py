@@ -124,6 +124,14 @@ def test_finished_needs_summary_and_names_config_differences(tmp_path):
     other.online.epochs = cfg.online.epochs + 1               # another experiment
     other.agent.num_members = 7
     assert pipeline.finished(other) == (str(path), ["agent.num_members", "online.epochs"])
+    # A run saved before online.train_every existed did what 0 does: still finished ...
+    saved = json.loads(cfg.to_json_best_effort())
+    del saved["online"]["train_every"]
+    (path / "config.json").write_text(json.dumps(saved))
+    assert pipeline.finished(cfg) == (str(path), [])
+    other = ml_collections.ConfigDict(cfg.to_dict())
+    other.online.train_every = 1                              # ... but not for another value
+    assert pipeline.finished(other) == (str(path), ["online.train_every"])
     (path / "summary.json").write_text("{trunc")              # a torn write: not finished
     assert pipeline.finished(cfg) is None
     cfg.run_name = ""                                         # a timestamped new run
