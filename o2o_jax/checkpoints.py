@@ -87,10 +87,13 @@ def read_meta(path: str) -> Dict:
 
 
 def check_meta(path: str, meta: Dict, expect: Optional[Dict]) -> None:
-    """Raise CheckpointError if any `expect` entry differs from the saved meta."""
+    """Raise CheckpointError if any `expect` entry differs from the saved meta (a saved
+    `config` read with the keys added since, `ADDED_KEYS`)."""
     for key, value in (expect or {}).items():
-        if meta.get(key) != value:
-            saved = meta.get(key)
+        saved = meta.get(key)
+        if key == "config" and isinstance(saved, dict):
+            saved = comparable_dict(saved)
+        if saved != value:
             if isinstance(saved, dict) and isinstance(value, dict):
                 diff = sorted(_diff_keys(saved, value))
                 detail = f"{key} differs in {diff[:8]}"
@@ -283,7 +286,7 @@ def branch_source(cfg) -> dict:
             f"online.branch_from={path!r} is a {meta.get('phase', meta.get('kind'))!r} "
             "checkpoint; a branch starts from an online one (<run>/checkpoints/<n> written "
             "in the online phase)")
-    theirs, ours = meta.get("config", {}), comparable_config(cfg)
+    theirs, ours = comparable_dict(meta.get("config", {})), comparable_config(cfg)
 
     def get(d, dotted):
         for k in dotted.split("."):

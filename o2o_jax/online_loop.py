@@ -175,10 +175,14 @@ def finetune(ctx: Context, state, key, start_epoch: int = 0, resume_meta=None,
             if writes is not None:
                 state = state.replace(replay=_write_mc_returns()(
                     state.replay, jnp.asarray(writes[0]), jnp.asarray(writes[1])))
-            if c == num_chunks - 1:   # the AUROC of Q on all the epoch's new transitions
+            if c == 0 and num_chunks > 1:   # (train donates the state: a copy)
+                scorer = jax.tree_util.tree_map(jnp.copy, state.agent)
+            if c == num_chunks - 1:
+                # The AUROC of Q on all the epoch's new transitions, by the agent as it was
+                # before the epoch's first training call.
                 auroc = distributed.to_host(q_auroc(
-                    state.agent, jnp.asarray(np.concatenate(
-                        [n["observations"] for n in epoch_new], axis=1)),
+                    state.agent if num_chunks == 1 else scorer,
+                    jnp.asarray(np.concatenate([n["observations"] for n in epoch_new], axis=1)),
                     jnp.asarray(np.concatenate([n["actions"] for n in epoch_new], axis=1)),
                     k_auc))
             for k in (split_each(chunk_keys[c], calls) if calls > 1 else [chunk_keys[c]]):

@@ -532,39 +532,115 @@ def test_summary_times_count_the_processes_before_a_resume(minari_root, tmp_path
         assert 0 < summary["offline_time_s"] - recorded["offline"] <= resumed_for
 
 
-def test_train_every_trains_after_each_chunk_of_env_steps(minari_root, tmp_path,
-                                                          monkeypatch):
-    """`online.train_every` = 10 of 40 env steps: four training calls per epoch, each after
-    10 more transitions reached the online buffer and each running a quarter of the
-    epoch's updates (the first epoch: `first_epoch_multiplier` calls per chunk)."""
+def _record_train_calls(monkeypatch, record):
+    """Patch online.make_train_epoch so that every training call first passes
+    (num_steps, state) to `record`."""
     from o2o_jax import online
-    seen = []
     real = online.make_train_epoch
 
     def recording(num_steps, *args, **kwargs):
         fn = real(num_steps, *args, **kwargs)
 
         def wrapped(state, *a):
-            seen.append((num_steps, int(np.asarray(state.replay.online.size).reshape(-1)[0]),
-                         int(np.asarray(state.agent.critic.step).reshape(-1)[0])))
+            record(num_steps, state)
             return fn(state, *a)
         return wrapped
     monkeypatch.setattr(online, "make_train_epoch", recording)
+
+
+def _first(x):
+    return np.asarray(x).reshape(-1)[0]
+
+
+def test_train_every_trains_after_each_chunk_of_env_steps(minari_root, tmp_path,
+                                                          monkeypatch):
+    """`online.train_every` = 10 of 40 env steps: four training calls per epoch, each after
+    10 more transitions reached the (empty at the start) online buffer and each running
+    a quarter of the epoch's updates (the first epoch: `first_epoch_multiplier` calls
+    per chunk)."""
+    seen = []
+    _record_train_calls(monkeypatch, lambda n, st: seen.append(
+        (n, int(_first(st.replay.online.size)), int(_first(st.agent.critic.step)))))
     pipeline.run(tiny_config(tmp_path, "chunks", **{
-        "online.epochs": 2, "online.train_every": 10, "online.updates_per_epoch": 20}))
+        "online.epochs": 2, "online.train_every": 10, "online.updates_per_epoch": 20,
+        "online.replay": "online_only"}))
     assert [n for n, _, _ in seen] == [5] * 12
-    sizes = np.array([s for _, s, _ in seen])
-    np.testing.assert_array_equal(sizes - sizes[0] + 10,
-                                  [10, 10, 20, 20, 30, 30, 40, 40, 50, 60, 70, 80])
-    steps = np.array([c for _, _, c in seen])
-    np.testing.assert_array_equal(np.diff(steps), [5] * 11)
+    assert [s for _, s, _ in seen] == [10, 10, 20, 20, 30, 30, 40, 40, 50, 60, 70, 80]
+    np.testing.assert_array_equal(np.diff([c for _, _, c in seen]), [5] * 11)
 
 
-def test_one_chunk_per_epoch_is_the_default_loop(reference_run, tmp_path):
-    """train_every = env_steps_per_epoch is the loop without it, value for value."""
+def test_chunks_after_the_first_are_collected_by_the_trained_policy(minari_root, tmp_path,
+                                                                    monkeypatch):
+    """With train_every = 20 of 40 the first 20 transitions are those of the loop without
+    it (same policy, same step keys) and the last 20 are not (the policy was trained in
+    between); the epoch's updates are the same in number."""
+    actions = {}
+    for every in (0, 20):
+        calls = []
+        _record_train_calls(monkeypatch, lambda n, st: calls.append(
+            (n, np.array(st.replay.online.data["actions"][0, :40]))))
+        pipeline.run(tiny_config(tmp_path, f"every{every}", **{
+            "online.epochs": 1, "online.train_every": every, "online.updates_per_epoch": 20,
+            "online.first_epoch_multiplier": 1, "online.replay": "online_only"}))
+        monkeypatch.undo()
+        assert sum(n for n, _ in calls) == 20
+        actions[every] = calls[-1][1]
+    np.testing.assert_array_equal(actions[0][:20], actions[20][:20])
+    assert not np.any(np.all(actions[0][20:] == actions[20][20:], axis=-1))
+
+
+def test_monte_carlo_returns_with_train_every(minari_root, tmp_path, monkeypatch):
+    """Cal-QL trained every 10 env steps: at the last call, every finished online episode
+    in the buffer carries its discounted return-to-go (NumPy, from the stored rewards
+    and terminals), an unfinished one the unknown marker."""
+    from o2o_jax import algorithm, mc_returns
+    last = {}
+    _record_train_calls(monkeypatch, lambda n, st: last.update(
+        {k: np.array(v[0]) for k, v in st.replay.online.data.items()},
+        size=int(_first(st.replay.online.size))))
+    cfg = tiny_config(tmp_path, "calql", **{"online.epochs": 2, "online.train_every": 10,
+                                            "online.updates_per_epoch": 20})
+    algorithm.get("calql").apply_preset(cfg)
+    cfg.online.train_every, cfg.online.updates_per_epoch = 10, 20
+    pipeline.run(cfg)
+    n = last["size"]
+    assert n == 80
+    rewards, dones, mc = last["rewards"][:n], last["dones"][:n], last[mc_returns.KEY][:n]
+    ends = np.flatnonzero(dones == 1)     # hopper at random: every episode ends falling
+    assert len(ends) >= 2
+    start = 0
+    for end in ends:
+        np.testing.assert_allclose(mc[start:end + 1], mc_returns.returns_to_go(
+            rewards[start:end + 1], cfg.agent.discount), rtol=1e-5)
+        start = end + 1
+    assert np.all(mc[start:] == mc_returns.UNKNOWN)
+
+
+def test_a_run_saved_before_train_every_resumes(reference_run, tmp_path, monkeypatch):
+    """Checkpoints whose saved config lacks online.train_every (made before it existed)
+    resume as train_every = 0, to the uninterrupted run's rows."""
     ref, ref_dir = reference_run
-    pipeline.run(tiny_config(tmp_path, "one_chunk", **{"online.train_every": 40}))
-    assert (numeric_rows(read_rows(os.path.join(tmp_path, "one_chunk")))
+    original = pipeline.CheckpointManager.save
+
+    def save_then_die(self, step, *args, **kwargs):
+        original(self, step, *args, **kwargs)
+        if args and args[1].get("phase") == "online":
+            raise Interrupt()
+    monkeypatch.setattr(pipeline.CheckpointManager, "save", save_then_die)
+    with pytest.raises(Interrupt):
+        pipeline.run(tiny_config(tmp_path, "old"))
+    monkeypatch.setattr(pipeline.CheckpointManager, "save", original)
+    ckpts = os.path.join(tmp_path, "old", "checkpoints")
+    for meta_path in [os.path.join(ckpts, d, "meta.json") for d in os.listdir(ckpts)]:
+        if os.path.exists(meta_path):
+            meta = json.load(open(meta_path))
+            del meta["config"]["online"]["train_every"]
+            json.dump(meta, open(meta_path, "w"))
+    config = json.load(open(os.path.join(tmp_path, "old", "config.json")))
+    del config["online"]["train_every"]
+    json.dump(config, open(os.path.join(tmp_path, "old", "config.json"), "w"))
+    pipeline.run(tiny_config(tmp_path, "old"))
+    assert (numeric_rows(read_rows(os.path.join(tmp_path, "old")))
             == numeric_rows(read_rows(ref_dir)))
 
 

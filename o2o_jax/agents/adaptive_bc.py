@@ -16,9 +16,9 @@ Qhat the critics' mean (objective "normalized_bc", q_hat "mean"), then Polyak.
   budget, so the seed data (the oldest items) are overwritten first, once it is full late
   in the run, as in the code; UTD G = 10: one call takes a G x B batch and
   scans G updates over its minibatches, one call after every env step as in the code
-  (the preset's `online.train_every` = 1: with the epoch's 10k updates run after its
-  collection, the critic without the BC term diverged here once the controller had
-  taken alpha to 0, RESULTS.md); exploration noise 0.1.
+  (the preset's `online.train_every` = 1, and no extra first-epoch updates; with the epoch's 10k updates run after its
+  collection, every seed's score collapsed here once the controller had taken alpha to
+  0, and not with alpha held at 0.4: RESULTS.md); exploration noise 0.1.
 * The controller, after every episode (R in units of R_max T: the per-step maximum
   reward x the episode limit, the code's `--use_r_max` form; the spec's default, since the
   D4RL-normalised form leaks the expert score):
@@ -175,7 +175,8 @@ def _register():
         config_section=("adaptive_bc", default_config),
         preset={"agent.num_members": 1, "online.replay": "online_only",
                 "online.seed_fraction": 0.05, "online.seed_min": 50_000,
-                "online.batch_size": 256 * 10, "online.train_every": 1},
+                "online.batch_size": 256 * 10, "online.train_every": 1,
+                "online.first_epoch_multiplier": 1},
         check=_check, progress_keys=("critic_loss", "q_data", "bc_alpha")))
 
 

@@ -31,8 +31,8 @@ Where we differ from the code (documented, no knob):
   with epsilon 0.1 on both, which needs a random key per evaluation call that our
   `act_eval` has no room for;
 * the env action is clipped to [-1, 1] (the loss uses the composed action unclipped);
-* training starts after the first epoch's env steps (`online.env_steps_per_epoch`), not
-  after 5k;
+* training starts after the first epoch's env steps (`online.env_steps_per_epoch`; with
+  `online.train_every` = k after the first k), not after 5k;
 * V and Q follow our IQL (`iql.update`'s losses: Q regressed on the new V, the twin
   losses summed), where the PEX code's own IQL uses the pre-update V for Q's target and
   averages the twin losses (spec: "IQL V and Q losses continue unchanged").

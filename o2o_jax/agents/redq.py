@@ -20,9 +20,11 @@ Target entropy (the code: MBPO's): hopper -1, halfcheetah -3, walker2d -3
 
 Used from scratch (the preset: no offline phase, online replay only, one agent), with one
 call (G updates) after every env step as in the code (the preset's `online.train_every`
-= 1: with the epoch's G x 1000 updates run after its 1000 env steps, the critics diverged
-at UTD 5 and 20, at 2 x 64 and 2 x 256, RESULTS.md). The code's 5k random-action start
-steps are not reproduced: the first epoch's env steps come from the initial policy.
+= 1, and no extra updates in the first epoch: with the epoch's G x 1000 updates run
+after its 1000 env steps, Q diverged at UTD 20, with 2 x 64 and 2 x 256 networks,
+RESULTS.md). The code's 5k random-action start steps, before which it does not train,
+are not reproduced: training starts after the first env step, on the initial policy's
+data.
 """
 import functools
 
@@ -137,7 +139,7 @@ def _register():
         config_section=("redq", default_config),
         preset={"offline.steps": 0, "online.replay": "online_only", "agent.num_members": 1,
                 "online.batch_size": 256 * 20, "online.backup_entropy": True,
-                "online.train_every": 1},
+                "online.train_every": 1, "online.first_epoch_multiplier": 1},
         check=_check))
 
 
