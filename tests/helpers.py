@@ -63,21 +63,13 @@ def tiny_config(run_dir, name, **overrides):
     return c
 
 
-def resumed_rows_match(tmp_path, monkeypatch, configure):
-    """Run a tiny config (`configure(cfg)` sets the method) whole, and again killed right
-    after its first online checkpoint and resumed; assert both logged the same rows (but
-    the wall time) and return them."""
+def run_to_first_online_checkpoint(monkeypatch, cfg):
+    """Run `cfg`, killed right after its first online checkpoint is saved."""
     from o2o_jax import pipeline
 
     class Interrupt(Exception):
         pass
 
-    def cfg(name):
-        c = tiny_config(tmp_path, name)
-        configure(c)
-        return c
-
-    pipeline.run(cfg("whole"))
     original_save = pipeline.CheckpointManager.save
 
     def save_then_die(self, step, *args, **kwargs):
@@ -87,11 +79,27 @@ def resumed_rows_match(tmp_path, monkeypatch, configure):
 
     monkeypatch.setattr(pipeline.CheckpointManager, "save", save_then_die)
     try:
-        pipeline.run(cfg("cut"))
+        pipeline.run(cfg)
         raise AssertionError("the run was not interrupted")
     except Interrupt:
         pass
-    monkeypatch.setattr(pipeline.CheckpointManager, "save", original_save)
+    finally:
+        monkeypatch.setattr(pipeline.CheckpointManager, "save", original_save)
+
+
+def resumed_rows_match(tmp_path, monkeypatch, configure):
+    """Run a tiny config (`configure(cfg)` sets the method) whole, and again killed right
+    after its first online checkpoint and resumed; assert both logged the same rows (but
+    the wall time) and return them."""
+    from o2o_jax import pipeline
+
+    def cfg(name):
+        c = tiny_config(tmp_path, name)
+        configure(c)
+        return c
+
+    pipeline.run(cfg("whole"))
+    run_to_first_online_checkpoint(monkeypatch, cfg("cut"))
     pipeline.run(cfg("cut"))
     whole, cut = (numeric_rows(read_rows(os.path.join(tmp_path, n))) for n in ("whole", "cut"))
     assert cut == whole

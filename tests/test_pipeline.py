@@ -13,7 +13,7 @@ import pytest
 from o2o_jax import checkpoints, config_checks, pipeline
 
 from tests.helpers import (ROOT, numeric_rows, read_rows, resumed_rows_match,  # noqa: E402
-                           tiny_config)
+                           run_to_first_online_checkpoint, tiny_config)
 
 
 @pytest.mark.parametrize("replay", ["balanced", "uniform", "online_only"])
@@ -620,16 +620,7 @@ def test_a_run_saved_before_train_every_resumes(reference_run, tmp_path, monkeyp
     """Checkpoints whose saved config lacks online.train_every (made before it existed)
     resume as train_every = 0, to the uninterrupted run's rows."""
     ref, ref_dir = reference_run
-    original = pipeline.CheckpointManager.save
-
-    def save_then_die(self, step, *args, **kwargs):
-        original(self, step, *args, **kwargs)
-        if args and args[1].get("phase") == "online":
-            raise Interrupt()
-    monkeypatch.setattr(pipeline.CheckpointManager, "save", save_then_die)
-    with pytest.raises(Interrupt):
-        pipeline.run(tiny_config(tmp_path, "old"))
-    monkeypatch.setattr(pipeline.CheckpointManager, "save", original)
+    run_to_first_online_checkpoint(monkeypatch, tiny_config(tmp_path, "old"))
     ckpts = os.path.join(tmp_path, "old", "checkpoints")
     for meta_path in [os.path.join(ckpts, d, "meta.json") for d in os.listdir(ckpts)]:
         if os.path.exists(meta_path):
