@@ -63,7 +63,8 @@ def free_port() -> int:
 
 def test_two_processes_equal_one_and_resume(minari_root, tmp_path):
     script = SCRIPT.format(root=ROOT, minari=minari_root, out_dir=str(tmp_path))
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+    env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")
+           + " --xla_force_host_platform_device_count=2",
            "JAX_PLATFORMS": "cpu"}
     port = str(free_port())
     procs = [subprocess.Popen([sys.executable, "-c", script, str(pid), port], env=env,
