@@ -83,6 +83,8 @@ def get_config() -> ml_collections.ConfigDict:
     # Env steps between training calls within an epoch, each call running its share of
     # updates_per_epoch: 0 trains once after the epoch's collection (rlkit's loop, the
     # authors'); 1 after every env step (REDQ's and AdaptiveBC's code: their presets).
+    # first_epoch_multiplier then multiplies every call of the first epoch (k = 1 and 5:
+    # 5 calls after each env step, on a nearly empty buffer); those presets set it to 1.
     c.online.train_every = 0
     c.online.batch_size = 256
     c.online.dr_batch_size = 256

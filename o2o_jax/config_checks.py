@@ -135,12 +135,15 @@ def check_train_every(cfg):
     non_negative_int(cfg, "online.train_every")
     every = oc.get("train_every", 0)
     if every:
-        calls = oc.env_steps_per_epoch // every
-        require(cfg, "online.train_every", oc.env_steps_per_epoch % every == 0
-                and oc.updates_per_epoch % calls == 0,
-                f"must divide online.env_steps_per_epoch = {oc.env_steps_per_epoch} into "
-                f"calls that share online.updates_per_epoch = {oc.updates_per_epoch} evenly "
+        require(cfg, "online.train_every", oc.env_steps_per_epoch % every == 0,
+                f"must divide online.env_steps_per_epoch = {oc.env_steps_per_epoch} "
                 "(0: one training call per epoch)")
+        calls = oc.env_steps_per_epoch // every
+        require(cfg, "online.updates_per_epoch", oc.updates_per_epoch % calls == 0,
+                f"must be a multiple of the {calls} training calls per epoch that "
+                f"online.train_every = {every} makes (env_steps_per_epoch "
+                f"{oc.env_steps_per_epoch} / {every}), so every call runs the same number "
+                "of updates")
 
 
 def check_online(cfg):

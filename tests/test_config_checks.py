@@ -36,7 +36,7 @@ BAD = [
     ("online.init_online_fraction", 1.0, r"must lie in \(0.0, 1.0\)"),
     ("online.explore_ucb_lambda", -1.0, ">= 0"),
     ("online.train_every", -1, "integer >= 0"),
-    # 1000 env steps do not split into chunks of 300 (nor 1000 updates into 3 calls).
+    # 1000 env steps do not split into chunks of 300.
     ("online.train_every", 300, "must divide online.env_steps_per_epoch = 1000"),
     ("num_seeds", 0, "positive integer"),
     # The method fine-tunes with SAC: a CQL weight online would be silently unused.
@@ -66,6 +66,16 @@ def test_bad_config_stops_run_before_anything_is_written(tmp_path):
     with pytest.raises(ConfigError, match="agent.num_members"):
         pipeline.run(c)
     assert not os.path.exists(os.path.join(tmp_path, "bad"))
+
+
+def test_train_every_needs_updates_that_split_evenly_over_its_calls():
+    c = hopper_medium.get_config("quick")     # 1000 env steps, 1000 updates per epoch
+    c.online.train_every, c.online.updates_per_epoch = 1, 500   # 1000 calls, 0.5 each
+    with pytest.raises(ConfigError, match="'online.updates_per_epoch'.*must be a multiple "
+                                          "of the 1000 training calls per epoch"):
+        config_checks.check(c)
+    c.online.train_every = 2                  # 500 calls of 1 update
+    config_checks.check(c)
 
 
 def test_distributed_process_id_must_be_below_process_count():

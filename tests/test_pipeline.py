@@ -432,7 +432,8 @@ print("RESULT", json.dumps(out))
 
 def test_sharded_run_equals_unsharded(minari_root, tmp_path):
     script = SHARD_SCRIPT.format(root=ROOT, minari=minari_root, out_dir=str(tmp_path))
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+    env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")
+           + " --xla_force_host_platform_device_count=2",
            "JAX_PLATFORMS": "cpu"}
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                          text=True, timeout=600)
@@ -622,11 +623,14 @@ def test_a_run_saved_before_train_every_resumes(reference_run, tmp_path, monkeyp
     ref, ref_dir = reference_run
     run_to_first_online_checkpoint(monkeypatch, tiny_config(tmp_path, "old"))
     ckpts = os.path.join(tmp_path, "old", "checkpoints")
+    edited = []
     for meta_path in [os.path.join(ckpts, d, "meta.json") for d in os.listdir(ckpts)]:
         if os.path.exists(meta_path):
             meta = json.load(open(meta_path))
             del meta["config"]["online"]["train_every"]
             json.dump(meta, open(meta_path, "w"))
+            edited.append(meta["phase"])
+    assert "online" in edited      # the checkpoint it resumes from lost the key
     config = json.load(open(os.path.join(tmp_path, "old", "config.json")))
     del config["online"]["train_every"]
     json.dump(config, open(os.path.join(tmp_path, "old", "config.json"), "w"))
