@@ -96,7 +96,9 @@ def get_config() -> ml_collections.ConfigDict:
     # transitions (AdaptiveBC's seed data; 0: empty). They age out like online data.
     c.online.seed_fraction = 0.0
     c.online.seed_min = 0
-    c.online.init_online_fraction = 0.5  # f: online share of sampling mass after epoch 0
+    # f: online share of the sampling mass once epoch 0's env steps are in (balanced replay;
+    # with train_every, epoch 0's earlier calls see a smaller share, as its steps arrive).
+    c.online.init_online_fraction = 0.5
     c.online.priority_temperature = 5.0  # T
     c.online.fifo_window = 250_000      # online DR batches come from the newest items
     c.online.dr_hidden_dims = (256, 256)
