@@ -9,7 +9,7 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 os.environ.setdefault("MUJOCO_GL", "egl")
 # The tests' programs are tiny and run a few steps, so compiling them is most of the suite's
-# time on a cold cache (CI's): XLA's CPU backend compiles them here without its LLVM
+# time on a cold cache (CI's, on the CPU): XLA compiles them here without its LLVM
 # optimisations. Measured side by side on the 2-core AMD EPYC VM with empty caches, four of
 # the method smoke tests took 106 s with the default flags and 52 s with these. The library
 # itself (experiments, benchmarks) compiles with XLA's defaults; the tests' numbers are

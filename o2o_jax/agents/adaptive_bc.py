@@ -18,10 +18,10 @@ Qhat the critics' mean (objective "normalized_bc", q_hat "mean"), then Polyak.
   scans G updates over its minibatches, one call after every env step as in the code
   (the preset's `online.train_every` = 1, and no extra first-epoch updates). With the
   epoch's 10k updates run after its collection, every seed's score collapsed here once the
-  controller had taken alpha to 0 and Q reached 858 and 966 in two seeds, and not with
-  alpha held at 0.4; trained after every env step Q stayed below 240 and the scores still
-  fell as alpha neared 0, then recovered (RESULTS.md, the TD3 family); exploration noise
-  0.1.
+  controller had taken alpha to 0 (Q later up to 858 and 966 in two seeds), and not with
+  alpha held at 0.4 (one seed); trained after every env step Q stayed below 240 and the
+  scores still fell as alpha neared 0, then climbed back above their starts (RESULTS.md,
+  the TD3 family: 3 seeds, one budget); exploration noise 0.1.
 * The controller, after every episode (R in units of R_max T: the per-step maximum
   reward x the episode limit, the code's `--use_r_max` form; the spec's default, since the
   D4RL-normalised form leaks the expert score):
