@@ -41,6 +41,12 @@ def pooled_chisquare(counts: np.ndarray, probs: np.ndarray, min_expected: float 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def two_cpu_devices_env() -> dict:
+    """The environment of a subprocess that sees two CPU devices (the suite's XLA_FLAGS kept)."""
+    return {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")
+            + " --xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+
+
 def tiny_config(run_dir, name, **overrides):
     c = hopper_medium.get_config("quick")
     c.dataset.kind = "random"

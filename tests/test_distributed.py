@@ -11,7 +11,7 @@ import sys
 import numpy as np
 
 from o2o_jax import pipeline
-from tests.helpers import ROOT, numeric_rows, read_rows, tiny_config
+from tests.helpers import ROOT, numeric_rows, read_rows, tiny_config, two_cpu_devices_env
 
 SCRIPT = r"""
 import json, os, sys
@@ -63,9 +63,7 @@ def free_port() -> int:
 
 def test_two_processes_equal_one_and_resume(minari_root, tmp_path):
     script = SCRIPT.format(root=ROOT, minari=minari_root, out_dir=str(tmp_path))
-    env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")
-           + " --xla_force_host_platform_device_count=2",
-           "JAX_PLATFORMS": "cpu"}
+    env = two_cpu_devices_env()
     port = str(free_port())
     procs = [subprocess.Popen([sys.executable, "-c", script, str(pid), port], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -13,7 +13,8 @@ import pytest
 from o2o_jax import checkpoints, config_checks, pipeline
 
 from tests.helpers import (ROOT, numeric_rows, read_rows, resumed_rows_match,  # noqa: E402
-                           run_to_first_online_checkpoint, tiny_config)
+                           run_to_first_online_checkpoint, tiny_config,
+                           two_cpu_devices_env)
 
 
 @pytest.mark.parametrize("replay", ["balanced", "uniform", "online_only"])
@@ -432,9 +433,7 @@ print("RESULT", json.dumps(out))
 
 def test_sharded_run_equals_unsharded(minari_root, tmp_path):
     script = SHARD_SCRIPT.format(root=ROOT, minari=minari_root, out_dir=str(tmp_path))
-    env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")
-           + " --xla_force_host_platform_device_count=2",
-           "JAX_PLATFORMS": "cpu"}
+    env = two_cpu_devices_env()
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
