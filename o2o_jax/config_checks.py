@@ -138,7 +138,8 @@ def check_train_every(cfg):
         require(cfg, "online.train_every", oc.env_steps_per_epoch % every == 0,
                 f"must divide online.env_steps_per_epoch = {oc.env_steps_per_epoch} "
                 "(0: one training call per epoch)")
-        calls = oc.env_steps_per_epoch // every
+        from o2o_jax.online_loop import train_chunk   # the loop's own definition
+        calls = oc.env_steps_per_epoch // train_chunk(oc)
         require(cfg, "online.updates_per_epoch", oc.updates_per_epoch % calls == 0,
                 f"must be a multiple of the {calls} training calls per epoch that "
                 f"online.train_every = {every} makes (env_steps_per_epoch "

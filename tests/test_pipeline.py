@@ -644,3 +644,25 @@ def test_a_run_training_every_few_env_steps_resumes_exactly(minari_root, tmp_pat
         c.online.train_every = 20
     rows = resumed_rows_match(tmp_path, monkeypatch, configure)
     assert any(r["phase"] == "online" and r["critic_loss"] for r in rows)
+
+
+def test_q_auroc_is_scored_before_the_epochs_first_training_call(minari_root, tmp_path,
+                                                                 monkeypatch):
+    """With train_every = 10 of 40 the epoch's AUROC of Q is scored on all 40 of its new
+    transitions by the agent as it was before the epoch's first training call, not by one
+    that some of the epoch's calls trained: a stand-in `online.q_auroc` reports the critic's
+    update count x 1000 + the number of transitions it was given."""
+    import jax.numpy as jnp
+    from o2o_jax import online
+    monkeypatch.setattr(online, "q_auroc", lambda agent, obs, act, key, q_fn=None: (
+        jnp.ravel(agent.critic.step)[0] * 1000 + obs.shape[0]).astype(jnp.float32))
+    steps = []
+    _record_train_calls(monkeypatch, lambda n, st: steps.append(
+        int(_first(st.agent.critic.step))))
+    pipeline.run(tiny_config(tmp_path, "auroc", **{
+        "online.epochs": 2, "online.train_every": 10, "online.updates_per_epoch": 20,
+        "online.first_epoch_multiplier": 1}))
+    scored = [float(r["q_auroc"]) for r in read_rows(os.path.join(tmp_path, "auroc"))
+              if r["phase"] == "online" and r["q_auroc"] != ""]
+    assert len(steps) == 8 and len(set(steps[:4])) == 4    # the epoch's calls train
+    assert scored == [steps[0] * 1000 + 40, steps[4] * 1000 + 40]
