@@ -44,12 +44,12 @@ case "$WHAT" in
           --config.online.epochs=100
     done ;;
   adaptive-bc)  # AdaptiveBC at a reduced budget this CPU allows (issue 16), hopper only.
-    # Its 10 critics run at ~61 updates/s on the project's Intel Xeon VM and ~27 on its
-    # AMD EPYC VM (BENCHMARKS.md): the paper budget (1M offline, 250k env steps at UTD
-    # 10) is ~16 h per env on the Intel VM. Here: 250k offline steps (~70 min there) and
-    # 25 online epochs = 25k env steps, one call of 10 updates (UTD 10) after each (its
-    # preset: no extra first-epoch updates) = 250k updates (~68 min there); about twice
-    # as long on the AMD EPYC VM, more than one 180-min session: it resumes from its
+    # Its 10 critics run at ~49 updates/s on the project's AMD EPYC VM (BENCHMARKS.md,
+    # "Branching updates", with stacking.lockstep): the paper budget (1M offline, 250k
+    # env steps at UTD 10 = 2.5M updates) is ~20 h per env. Here: 250k offline steps
+    # (~85 min) and 25 online epochs = 25k env steps, one call of 10 updates (UTD 10)
+    # after each (its preset: no extra first-epoch updates) = 250k updates (~85 min),
+    # plus evaluations: about one 180-min session or more. It resumes from its
     # checkpoints if its OUT folder survives to the next session.
     train "configs/hopper_medium.py:adaptive_bc" "adaptive_bc_hopper_medium_250k" \
         --config.offline.steps=250000 --config.online.epochs=25 ;;
